@@ -1,0 +1,14 @@
+"""fastsoftmax: Numba-compiled, row-parallel softmax, log_softmax and logsumexp for NumPy.
+
+Kernels compile on first use (and are cached on disk), so importing is cheap.
+
+>>> import numpy as np, fastsoftmax
+>>> fastsoftmax.softmax(np.array([0.0, 0.0])).tolist()
+[0.5, 0.5]
+"""
+
+from . import reference
+from .api import log_softmax, logsumexp, softmax
+
+__version__ = "0.1.0"
+__all__ = ["softmax", "log_softmax", "logsumexp", "reference", "__version__"]

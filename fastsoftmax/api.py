@@ -1,0 +1,120 @@
+"""The public functions: softmax, log_softmax and logsumexp.
+
+Each one normalises its arguments into rows (:mod:`fastsoftmax.normalize`), lets
+:mod:`fastsoftmax.plan` pick and run a kernel (:mod:`fastsoftmax.kernels`), and returns the
+result shaped like the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import plan
+from .kernels.softmax import log_softmax_rows, logsumexp_rows, softmax_rows
+from .normalize import prepare
+
+__all__ = ["softmax", "log_softmax", "logsumexp"]
+
+
+def softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None):
+    """Softmax along an axis: ``exp(x / T) / sum(exp(x / T))``, computed without overflow.
+
+    Parameters
+    ----------
+    x : array_like
+        Input of real numbers, at least 1-D. Any strides, byte order or read-only flag.
+        float32 is computed in float32, float64 in float64, float16 in float32 (returned as
+        float16), bool and integers in float64 (returned as float64).
+    axis : int or None, default -1
+        The axis along which the result sums to 1. ``None`` treats the whole array as one
+        row (SciPy's meaning). Note that ``scipy.special.softmax`` defaults to ``None``.
+    temperature : float, default 1.0
+        Positive, finite: the result is ``softmax(x / temperature)``.
+    where : array_like of bool, optional
+        Broadcastable to ``x``. Entries that are False are left out: they get 0, and the
+        others sum to 1. A row with nothing selected is all zeros.
+    out : ndarray, optional
+        Where to write the result: exact shape and dtype of the result. May be ``x`` itself
+        (in place). Nothing is allocated for the result when it is given.
+    dtype : {float32, float64}, optional
+        Result dtype; ``x`` is converted to it before computing (like ``torch.softmax``).
+
+    Returns
+    -------
+    ndarray
+        Same shape as ``x``; ``out`` itself when given. For ``axis`` other than the last,
+        a freshly allocated result may be a view with non-C-ordered strides.
+
+    Notes
+    -----
+    Rows with ``+inf`` or NaN give NaN rows, rows of only ``-inf`` give NaN (as SciPy and
+    PyTorch); ``-inf`` elements get 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import softmax
+    >>> softmax(np.array([2.0, 1.0, 0.1])).round(6)
+    array([0.659001, 0.242433, 0.098566])
+    >>> softmax(np.array([[1.0, 1.0], [0.0, np.log(3.0)]]), axis=1)
+    array([[0.5 , 0.5 ],
+           [0.25, 0.75]])
+    """
+    batch = prepare("softmax", x, axis, where, out, dtype, temperature=temperature)
+    plan.run(softmax_rows, batch)
+    return batch.finish()
+
+
+def log_softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None):
+    """Logarithm of the softmax along an axis: ``x/T - logsumexp(x/T)``, accurately.
+
+    Parameters and semantics as :func:`softmax`. Entries left out by ``where`` get
+    ``-inf``; a row with nothing selected is all ``-inf``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import log_softmax
+    >>> log_softmax(np.array([0.0, np.log(3.0)])).round(6)
+    array([-1.386294, -0.287682])
+    """
+    batch = prepare("log_softmax", x, axis, where, out, dtype, temperature=temperature)
+    plan.run(log_softmax_rows, batch)
+    return batch.finish()
+
+
+def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
+    """``log(sum(exp(x)))`` along an axis, without overflow.
+
+    Parameters
+    ----------
+    x, axis, where, dtype
+        As in :func:`softmax` (``axis=None`` reduces the whole array).
+    keepdims : bool, default False
+        Keep the reduced axis with length 1, as in NumPy.
+    out : ndarray, optional
+        Exact shape and dtype of the result.
+
+    Returns
+    -------
+    ndarray or scalar
+        ``x``'s shape without ``axis``; a NumPy scalar when that shape is ``()`` and
+        ``out`` is not given. ``-inf`` for an empty axis or an empty selection, ``+inf`` if
+        a row holds ``+inf``, NaN if it holds NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import logsumexp
+    >>> float(logsumexp(np.array([1000.0, 1000.0])).round(6))
+    1000.693147
+    >>> logsumexp(np.zeros((2, 4)), axis=1, keepdims=True).round(6)
+    array([[1.386294],
+           [1.386294]])
+    """
+    batch = prepare("logsumexp", x, axis, where, out, dtype, reduce=True, keepdims=keepdims)
+    plan.run(logsumexp_rows, batch)
+    result = batch.finish()
+    if out is None and result.ndim == 0:
+        return result[()]
+    return result

@@ -1,0 +1,248 @@
+"""Numerical building blocks shared by every kernel: a vectorisable ``exp`` and the row
+reductions (max, sum of exponentials).
+
+Why not ``np.exp``: inside a Numba loop it is a call into libm that LLVM cannot vectorise, and
+current Numba wheels have no SVML. The polynomial ``exp`` below is straight-line arithmetic plus
+one integer bit trick, so the loops that use it compile to SIMD code (SPEC §4).
+
+Both ``exp`` variants take arguments ``z <= 0`` (or NaN): every caller subtracts the row
+maximum first, so the result never overflows.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic, overload
+
+from .jit import NUMBA_OPTIONS, building_block
+
+# --- float32: XNNPACK's "rr2-p5" (also PyTorch's exp_u20, oneDNN's) -------------------------
+# n = round(z / ln2) with the magic-bias trick; the bias also carries the exponent bias 127,
+# so shifting the bits of n left by 23 builds 2**n directly.
+_F32_MAGIC = np.float32(float.fromhex("0x1.8000FEp23"))
+_F32_LOG2E = np.float32(float.fromhex("0x1.715476p+0"))
+_F32_MINUS_LN2_HI = np.float32(float.fromhex("-0x1.62E430p-1"))
+_F32_MINUS_LN2_LO = np.float32(float.fromhex("0x1.05C610p-29"))
+_F32_C1 = np.float32(float.fromhex("0x1.FFFFF6p-1"))
+_F32_C2 = np.float32(float.fromhex("0x1.FFFDC6p-2"))
+_F32_C3 = np.float32(float.fromhex("0x1.555A80p-3"))
+_F32_C4 = np.float32(float.fromhex("0x1.573A1Ap-5"))
+_F32_C5 = np.float32(float.fromhex("0x1.0F9F9Cp-7"))
+# Below this, exp(z) is subnormal in float32: flushed to zero.
+_F32_CUTOFF = np.float32(float.fromhex("-0x1.5D589Ep6"))
+_F32_ZERO = np.float32(0.0)
+_F32_ONE = np.float32(1.0)
+
+
+def exp_f32(z):
+    """exp(z) for a float32 ``z <= 0``, within about 1e-6 relative error; 0 below -87.34."""
+    n = z * _F32_LOG2E + _F32_MAGIC
+    scale = np.int32(np.int64(np.float32(n).view(np.int32)) << 23).view(np.float32)
+    n = n - _F32_MAGIC
+    t = n * _F32_MINUS_LN2_HI + z
+    t = n * _F32_MINUS_LN2_LO + t
+    p = _F32_C5 * t + _F32_C4
+    p = p * t + _F32_C3
+    p = p * t + _F32_C2
+    p = p * t + _F32_C1
+    # (1 + t*p) * scale rather than XNNPACK's t*scale*p + scale: near the cutoff t*scale is
+    # subnormal and every SIMD operation on it takes a microcode assist (7x slower rows).
+    f = (t * p + _F32_ONE) * scale
+    # NaN fails the comparison and passes through as NaN; -inf lands below the cutoff.
+    return _F32_ZERO if z < _F32_CUTOFF else f
+
+
+# --- float64: the same range reduction, degree-12 Taylor polynomial on |t| <= ln2/2 ---------
+# The truncation error t**13/13! is below 1.7e-16 relative: the result is within ~2 ulp.
+_F64_MAGIC = np.float64(float.fromhex("0x1.8p52") + 1023.0)
+_F64_LOG2E = np.float64(1.4426950408889634)
+_F64_MINUS_LN2_HI = np.float64(-6.93147180369123816490e-01)
+_F64_MINUS_LN2_LO = np.float64(-1.90821492927058770002e-10)
+_F64_C = tuple(np.float64(1.0 / np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in range(13))
+(_F64_C0, _F64_C1, _F64_C2, _F64_C3, _F64_C4, _F64_C5, _F64_C6,
+ _F64_C7, _F64_C8, _F64_C9, _F64_C10, _F64_C11, _F64_C12) = _F64_C
+# Below this, exp(z) is subnormal in float64: flushed to zero.
+_F64_CUTOFF = np.float64(-708.3964185322641)
+_F64_ZERO = np.float64(0.0)
+
+
+def exp_f64(z):
+    """exp(z) for a float64 ``z <= 0``, within a few ulp; 0 below -708.39."""
+    n = z * _F64_LOG2E + _F64_MAGIC
+    scale = np.int64(np.float64(n).view(np.int64) << 52).view(np.float64)
+    n = n - _F64_MAGIC
+    t = n * _F64_MINUS_LN2_HI + z
+    t = n * _F64_MINUS_LN2_LO + t
+    p = _F64_C12 * t + _F64_C11
+    p = p * t + _F64_C10
+    p = p * t + _F64_C9
+    p = p * t + _F64_C8
+    p = p * t + _F64_C7
+    p = p * t + _F64_C6
+    p = p * t + _F64_C5
+    p = p * t + _F64_C4
+    p = p * t + _F64_C3
+    p = p * t + _F64_C2
+    p = p * t + _F64_C1
+    f = (p * t + _F64_C0) * scale
+    return _F64_ZERO if z < _F64_CUTOFF else f
+
+
+def exp(z):
+    """Vectorisable exp of a non-positive float32 or float64 scalar (type-dispatched)."""
+    if isinstance(z, np.float32):
+        return exp_f32(z)
+    return exp_f64(np.float64(z))
+
+
+def maximum(a, b):
+    """max(a, b) that propagates NaN (LLVM's ``llvm.maximum``): vectorises as a reduction."""
+    if a != a or b != b:
+        return a + b
+    return a if a >= b else b
+
+
+if not numba.config.DISABLE_JIT:
+    _jit_exp_f32 = building_block(exp_f32, strict=True)
+    _jit_exp_f64 = building_block(exp_f64, strict=True)
+
+    @overload(exp, jit_options=NUMBA_OPTIONS)
+    def _exp_overload(z):
+        if z == types.float32:
+            return lambda z: _jit_exp_f32(z)
+        if z == types.float64:
+            return lambda z: _jit_exp_f64(z)
+        return None
+
+    @intrinsic
+    def _llvm_maximum(typingctx, a, b):
+        # A comparison-and-select max does not vectorise as a reduction unless NaNs are ruled
+        # out (the nnan flag we must not use); the llvm.maximum intrinsic does, NaN included.
+        if not (isinstance(a, types.Float) and a == b):
+            return None
+
+        def codegen(context, builder, signature, args):
+            lty = context.get_value_type(a)
+            fn = builder.module.declare_intrinsic(
+                "llvm.maximum", [lty], ir.FunctionType(lty, [lty, lty]))
+            return builder.call(fn, args)
+
+        return a(a, b), codegen
+
+    @overload(maximum, jit_options=NUMBA_OPTIONS)
+    def _maximum_overload(a, b):
+        if isinstance(a, types.Float) and a == b:
+            return lambda a, b: _llvm_maximum(a, b)
+        return None
+
+
+def cast_like(arr, value):
+    """``value`` converted to the dtype of ``arr`` (keeps float32 loops in float32)."""
+    return arr.dtype.type(value)
+
+
+def row_of(flat, start, n):
+    """``flat[start:start + n]``, or None when ``flat`` is None (no ``where`` mask)."""
+    if flat is None:
+        return None
+    return flat[start:start + n]
+
+
+if not numba.config.DISABLE_JIT:
+
+    @overload(cast_like, jit_options=NUMBA_OPTIONS)
+    def _cast_like_overload(arr, value):
+        if arr.dtype == types.float32:
+            return lambda arr, value: np.float32(value)
+        if arr.dtype == types.float64:
+            return lambda arr, value: np.float64(value)
+        return None
+
+    @overload(row_of, jit_options=NUMBA_OPTIONS)
+    def _row_of_overload(flat, start, n):
+        if isinstance(flat, types.NoneType):
+            return lambda flat, start, n: None
+        return lambda flat, start, n: flat[start:start + n]
+
+
+# --- row reductions and passes ---------------------------------------------------------------
+# Each takes a contiguous 1-D row and ``sel``: None (every element counts) or the row of the
+# boolean ``where`` mask. Numba compiles the ``sel is None`` branch away when ``sel`` is None,
+# so the unmasked loops carry no mask test. Elements left out count as -inf in the max, 0 in
+# the sums, and are written as 0 (softmax) or -inf (log_softmax). ``inv_t`` is
+# 1/temperature in the row's dtype: multiplying the exp argument by it folds the temperature
+# into a pass that exists anyway.
+
+@building_block
+def row_max(row, sel):
+    """Maximum of the selected elements; NaN if one is NaN, -inf if none is selected."""
+    m = cast_like(row, -np.inf)
+    if sel is None:
+        for j in range(row.size):
+            m = maximum(m, row[j])
+    else:
+        neg_inf = cast_like(row, -np.inf)
+        for j in range(row.size):
+            m = maximum(m, row[j] if sel[j] else neg_inf)
+    return m
+
+
+@building_block
+def sum_exp(row, sel, m, inv_t):
+    """sum(exp((row - m) * inv_t)) over the selected elements, accumulated in float64."""
+    s = 0.0
+    if sel is None:
+        for j in range(row.size):
+            s += np.float64(exp((row[j] - m) * inv_t))
+    else:
+        for j in range(row.size):
+            e = exp((row[j] - m) * inv_t)
+            s += np.float64(e) if sel[j] else 0.0
+    return s
+
+
+@building_block
+def exp_store_sum(row, sel, m, inv_t, dst):
+    """dst = exp((row - m) * inv_t) (0 where not selected); returns sum(dst) in float64."""
+    s = 0.0
+    if sel is None:
+        for j in range(row.size):
+            e = exp((row[j] - m) * inv_t)
+            dst[j] = e
+            s += np.float64(e)
+    else:
+        zero = cast_like(row, 0.0)
+        for j in range(row.size):
+            e = exp((row[j] - m) * inv_t)
+            e = e if sel[j] else zero
+            dst[j] = e
+            s += np.float64(e)
+    return s
+
+
+@building_block
+def scale_store(dst, sel, factor):
+    """dst *= factor (kept 0 where not selected, even if factor is NaN or inf)."""
+    if sel is None:
+        for j in range(dst.size):
+            dst[j] = dst[j] * factor
+    else:
+        zero = cast_like(dst, 0.0)
+        for j in range(dst.size):
+            dst[j] = dst[j] * factor if sel[j] else zero
+
+
+@building_block
+def shift_store(row, sel, m, inv_t, log_sum, dst):
+    """dst = (row - m) * inv_t - log_sum (-inf where not selected): the log_softmax pass."""
+    if sel is None:
+        for j in range(row.size):
+            dst[j] = (row[j] - m) * inv_t - log_sum
+    else:
+        neg_inf = cast_like(row, -np.inf)
+        for j in range(row.size):
+            v = (row[j] - m) * inv_t - log_sum
+            dst[j] = v if sel[j] else neg_inf
