@@ -1,4 +1,4 @@
-"""Planning: which build of a kernel runs a batch, and with how many threads.
+"""Planning: which build of a kernel runs a batch.
 
 All thresholds live here, so a measurement that moves one changes one line.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba
 
 # Below this many elements a call runs the serial build: waking the thread pool costs a few
-# microseconds, more than the whole computation of a small batch.
+# microseconds (over 100 after an idle pause), more than the whole of a small batch.
 SERIAL_MAX_ELEMENTS = 1 << 15
 
 
@@ -17,8 +17,13 @@ def use_parallel(n_rows: int, n_cols: int) -> bool:
     return n_rows > 1 and n_rows * n_cols > SERIAL_MAX_ELEMENTS and numba.get_num_threads() > 1
 
 
-def run(kernel_pair, batch) -> None:
-    """Run ``kernel_pair`` (a :class:`~fastsoftmax.kernels.jit.KernelPair`) on ``batch``."""
-    kernel = kernel_pair.build(use_parallel(batch.n_rows, batch.n_cols))
-    kernel(batch.x, batch.x_stride, batch.mask, batch.mask_stride, batch.out, batch.out_stride,
-           batch.n_rows, batch.n_cols, batch.x.dtype.type(batch.inv_t))
+def run(kernel_pair, batch, *, parallel=None) -> None:
+    """Run ``kernel_pair`` (a :class:`~fastsoftmax.kernels.jit.KernelPair`) on ``batch``.
+
+    ``parallel`` forces the serial (False) or parallel (True) build; None lets the plan pick.
+    """
+    if parallel is None:
+        parallel = use_parallel(batch.n_rows, batch.n_cols)
+    kernel_pair.build(parallel)(
+        batch.x, batch.x_stride, batch.mask, batch.mask_stride, batch.out, batch.out_stride,
+        batch.n_rows, batch.n_cols, batch.x.dtype.type(batch.inv_t))

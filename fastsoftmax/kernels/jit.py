@@ -7,6 +7,8 @@ set once, here, and nowhere else.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import types
 
 import numba
@@ -82,3 +84,60 @@ class KernelPair:
 def kernel_pair(pyfunc) -> KernelPair:
     """Decorator: compile ``pyfunc`` (a loop over rows using ``prange``) serial and parallel."""
     return KernelPair(pyfunc)
+
+
+# --- on-disk cache invalidation ----------------------------------------------------------------
+# Numba stamps a cached kernel with the modification time and size of the one file that
+# defines it. A kernel compiled with an older ``exp`` from numerics.py would then be loaded as
+# if current (seen in development; after an upgrade it would be a silent wrong result). These
+# locators stamp every function of this package with a hash of all of its kernel sources, so a
+# change to any shared building block invalidates every kernel compiled from it. They keep
+# Numba's own choice of where the cache lives: NUMBA_CACHE_DIR, else __pycache__ beside the
+# sources, else the user-wide cache directory for a read-only install.
+_KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _kernel_sources_hash() -> str:
+    digest = hashlib.sha256(numba.__version__.encode())
+    for name in sorted(os.listdir(_KERNEL_DIR)):
+        if name.endswith(".py"):
+            digest.update(name.encode())
+            with open(os.path.join(_KERNEL_DIR, name), "rb") as source:
+                digest.update(source.read())
+    return digest.hexdigest()
+
+
+def _install_cache_locators():
+    try:
+        from numba.core import caching
+    except ImportError:  # pragma: no cover - a Numba without the caching module
+        return
+    stamp = _kernel_sources_hash()
+
+    class _KernelSourcesStamp:
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if os.path.dirname(os.path.abspath(py_file)) != _KERNEL_DIR:
+                return None
+            return super().from_function(py_func, py_file)
+
+        def get_source_stamp(self):
+            return stamp
+
+    def public_or_private(name):  # Numba 0.62 dropped the leading underscores
+        return getattr(caching, name, None) or getattr(caching, "_" + name, None)
+
+    cache_impl = public_or_private("CacheImpl")
+    bases = [public_or_private(name) for name in
+             ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")]
+    if cache_impl is None or None in bases:  # pragma: no cover - an unknown Numba layout
+        return
+    locators = cache_impl._locator_classes
+    if any(getattr(cls, "_fastsoftmax", False) for cls in locators):
+        return
+    ours = [type("FastSoftmax" + base.__name__.lstrip("_"), (_KernelSourcesStamp, base),
+                 {"_fastsoftmax": True}) for base in bases]
+    locators[:0] = ours
+
+
+_install_cache_locators()

@@ -1,0 +1,117 @@
+"""Contract of the public functions: worked examples, out=, no mutation, serial == parallel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastsoftmax
+from conftest import ELEMENTWISE, FUNCTIONS, random_logits
+from fastsoftmax import plan
+from fastsoftmax.kernels.softmax import log_softmax_rows, logsumexp_rows, softmax_rows
+from fastsoftmax.normalize import prepare
+
+
+def test_worked_examples():
+    np.testing.assert_allclose(fastsoftmax.softmax([2.0, 1.0, 0.1]),
+                               [0.65900114, 0.24243297, 0.09856589], rtol=1e-7)
+    np.testing.assert_array_equal(fastsoftmax.softmax([0.25, 1.23, -0.8]).round(3),
+                                  [0.249, 0.664, 0.087])
+
+
+def test_input_is_never_modified(func_name):
+    rng = np.random.default_rng(20)
+    x = random_logits(rng, (5, 7), np.float32)
+    before = x.copy()
+    where = rng.random((5, 7)) > 0.5
+    where_before = where.copy()
+    FUNCTIONS[func_name][0](x, where=where)
+    FUNCTIONS[func_name][0](x, axis=0)
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_array_equal(where, where_before)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+@pytest.mark.parametrize("axis", [-1, 0, None])
+def test_out_is_returned_and_filled(name, axis):
+    rng = np.random.default_rng(21)
+    x = random_logits(rng, (4, 9), np.float64)
+    out = np.full_like(x, 7.0)
+    got = FUNCTIONS[name][0](x, axis=axis, out=out)
+    assert got is out
+    np.testing.assert_allclose(out, FUNCTIONS[name][1](x, axis=axis), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_in_place(name):
+    rng = np.random.default_rng(22)
+    x = random_logits(rng, (300, 257), np.float32)
+    want = FUNCTIONS[name][0](x)
+    got = FUNCTIONS[name][0](x, out=x)
+    assert got is x
+    np.testing.assert_array_equal(x, want)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_out_with_other_layouts(name):
+    rng = np.random.default_rng(23)
+    x = random_logits(rng, (6, 10), np.float32)
+    want = FUNCTIONS[name][0](x)
+    fortran = np.asfortranarray(np.empty_like(x))
+    np.testing.assert_array_equal(FUNCTIONS[name][0](x, out=fortran), want)
+    padded = np.empty((6, 14), np.float32)[:, 2:12]
+    np.testing.assert_array_equal(FUNCTIONS[name][0](x, out=padded), want)
+    # out overlapping the input shifted by a row: computed through a temporary
+    buffer = np.concatenate([x, x[:1]])
+    got = FUNCTIONS[name][0](buffer[:-1], out=buffer[1:])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_out_for_float16_result():
+    x = np.array([[1.0, 2.0, 3.0]], np.float16)
+    out = np.empty_like(x)
+    assert fastsoftmax.softmax(x, out=out) is out
+    np.testing.assert_allclose(out, fastsoftmax.reference.softmax(x), rtol=1e-3)
+
+
+@pytest.mark.parametrize("axis, keepdims", [(0, False), (1, True), (None, False), (None, True)])
+def test_logsumexp_out(axis, keepdims):
+    rng = np.random.default_rng(24)
+    x = random_logits(rng, (3, 4), np.float64)
+    want = fastsoftmax.reference.logsumexp(x, axis=axis, keepdims=keepdims)
+    out = np.empty(np.shape(want))
+    got = fastsoftmax.logsumexp(x, axis=axis, keepdims=keepdims, out=out)
+    assert got is out
+    np.testing.assert_allclose(out, want, rtol=1e-13)
+
+
+def test_logsumexp_of_whole_array_is_a_scalar():
+    got = fastsoftmax.logsumexp(np.zeros((2, 2)), axis=None)
+    assert isinstance(got, np.float64)
+    assert got == pytest.approx(np.log(4.0))
+
+
+@pytest.mark.parametrize("kernel", [softmax_rows, log_softmax_rows, logsumexp_rows],
+                         ids=lambda k: k.__name__)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("masked", [False, True])
+def test_serial_and_parallel_builds_are_bitwise_identical(kernel, dtype, masked):
+    rng = np.random.default_rng(25)
+    x = random_logits(rng, (37, 1001 + 2 * dtype().itemsize), dtype)
+    x[3, 5] = np.inf
+    x[4] = -np.inf
+    x[6, 7] = np.nan
+    where = rng.random(x.shape) > 0.2 if masked else None
+    reduce = kernel is logsumexp_rows
+    results = []
+    for parallel in (False, True):
+        batch = prepare("test", x, -1, where, None, None, reduce=reduce)
+        plan.run(kernel, batch, parallel=parallel)
+        results.append(batch.finish())
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_plan_runs_small_batches_serially():
+    assert not plan.use_parallel(1, 1000)
+    assert not plan.use_parallel(8, 100)
+    assert not plan.use_parallel(1, 10_000_000)  # one row: nothing to split across rows

@@ -1,0 +1,104 @@
+"""The edge-case table of SPEC §2, value by value, for each function."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastsoftmax
+from conftest import FUNCTIONS
+
+inf, nan = np.inf, np.nan
+
+# row -> (softmax, log_softmax, logsumexp)
+TABLE = {
+    "finite": ([0.0, np.log(3.0)], [0.25, 0.75], [np.log(0.25), np.log(0.75)], np.log(4.0)),
+    "some -inf": ([-inf, 0.0, 0.0], [0.0, 0.5, 0.5], [-inf, np.log(0.5), np.log(0.5)],
+                  np.log(2.0)),
+    "all -inf": ([-inf, -inf], [nan, nan], [nan, nan], -inf),
+    "one +inf": ([inf, 0.0], [nan, nan], [nan, nan], inf),
+    "two +inf": ([inf, inf, 1.0], [nan, nan, nan], [nan, nan, nan], inf),
+    "+inf and -inf": ([inf, -inf], [nan, nan], [nan, nan], inf),
+    "NaN": ([nan, 1.0], [nan, nan], [nan, nan], nan),
+    "NaN and +inf": ([inf, nan], [nan, nan], [nan, nan], nan),
+    "NaN and -inf": ([-inf, nan], [nan, nan], [nan, nan], nan),
+    "single element": ([5.0], [1.0], [0.0], 5.0),
+}
+
+
+@pytest.mark.parametrize("case", list(TABLE))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_edge_table(case, dtype):
+    row, want_softmax, want_log_softmax, want_lse = TABLE[case]
+    # The row alone, and in a batch between ordinary rows, so one row's specials stay in it.
+    ordinary = [0.0] * len(row)
+    batch = np.array([ordinary, row, ordinary], dtype=dtype)
+    for name, want in (("softmax", want_softmax), ("log_softmax", want_log_softmax),
+                       ("logsumexp", want_lse)):
+        ours, ref = FUNCTIONS[name]
+        for x, index in ((np.array(row, dtype=dtype), ()), (batch, 1)):
+            got = np.asarray(ours(x))[index]
+            np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{name} {case} {dtype}")
+            np.testing.assert_allclose(got, np.asarray(ref(x))[index], rtol=1e-6,
+                                       err_msg=f"{name} {case} {dtype} vs reference")
+        others = np.asarray(ours(batch))[[0, 2]]
+        assert np.all(np.isfinite(others)), f"{name} {case}: specials leaked into other rows"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_axis(dtype):
+    x = np.zeros((3, 0), dtype)
+    assert fastsoftmax.softmax(x).shape == (3, 0)
+    assert fastsoftmax.log_softmax(x).shape == (3, 0)
+    np.testing.assert_array_equal(fastsoftmax.logsumexp(x), [-inf, -inf, -inf])
+    assert fastsoftmax.logsumexp(np.zeros(0, dtype)) == -inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_rows(dtype):
+    x = np.zeros((0, 4), dtype)
+    for name, (ours, _) in FUNCTIONS.items():
+        got = ours(x)
+        assert got.shape == ((0,) if name == "logsumexp" else (0, 4))
+        assert got.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype, big", [(np.float32, 1e30), (np.float64, 1e300)])
+def test_huge_values_do_not_overflow(dtype, big):
+    x = np.array([[big, big, -big], [-big, -big, -big], [big, 0.0, -big]], dtype)
+    np.testing.assert_allclose(fastsoftmax.softmax(x), [[0.5, 0.5, 0], [1 / 3] * 3, [1, 0, 0]],
+                               rtol=1e-6)
+    lse = fastsoftmax.logsumexp(x)
+    np.testing.assert_allclose(lse, [big, -big, big], rtol=1e-6)
+    ls = fastsoftmax.log_softmax(x)
+    np.testing.assert_allclose(ls[0, :2], [-np.log(2)] * 2, rtol=1e-6)
+    assert np.all(np.isfinite(ls[:2, :2]))
+
+
+def test_where_nothing_selected():
+    x = np.array([[1.0, 2.0, 3.0]])
+    nothing = np.zeros_like(x, dtype=bool)
+    np.testing.assert_array_equal(fastsoftmax.softmax(x, where=nothing), [[0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(fastsoftmax.log_softmax(x, where=nothing), [[-inf] * 3])
+    np.testing.assert_array_equal(fastsoftmax.logsumexp(x, where=nothing), [-inf])
+
+
+def test_where_left_out_values_do_not_matter():
+    x = np.array([[1.0, nan, 3.0, inf]])
+    where = np.array([True, False, True, False])
+    want = fastsoftmax.softmax(np.array([[1.0, 3.0]]))[0]
+    np.testing.assert_allclose(fastsoftmax.softmax(x, where=where)[0], [want[0], 0, want[1], 0])
+    np.testing.assert_allclose(fastsoftmax.logsumexp(x, where=where), np.log(np.e + np.e**3))
+
+
+def test_where_selecting_only_neg_inf_gives_nan():
+    x = np.array([[-inf, 0.0]])
+    where = np.array([True, False])
+    np.testing.assert_array_equal(fastsoftmax.softmax(x, where=where), [[nan, 0.0]])
+    np.testing.assert_array_equal(fastsoftmax.log_softmax(x, where=where), [[nan, -inf]])
+    np.testing.assert_array_equal(fastsoftmax.logsumexp(x, where=where), [-inf])
+
+
+def test_subnormal_inputs_are_ordinary_values():
+    x = np.array([np.finfo(np.float32).smallest_subnormal, 0.0, -1e-40], np.float32)
+    np.testing.assert_allclose(fastsoftmax.softmax(x), [1 / 3] * 3, rtol=1e-6)
