@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import FUNCTIONS, assert_matches_reference, layouts, random_logits
+from .helpers import FUNCTIONS, assert_matches_reference, layouts, random_logits
 
 SHAPES = [(7,), (1, 1), (3, 5), (4, 1), (1, 9), (2, 3, 4), (5, 0), (0, 5), (0,), (2, 0, 3),
           (64, 33), (3, 2, 2, 5)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastsoftmax
-from conftest import ELEMENTWISE, FUNCTIONS, random_logits
+from .helpers import ELEMENTWISE, FUNCTIONS, random_logits
 from fastsoftmax import plan
 from fastsoftmax.kernels.softmax import log_softmax_rows, logsumexp_rows, softmax_rows
 from fastsoftmax.normalize import prepare

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastsoftmax
-from conftest import FUNCTIONS
+from .helpers import FUNCTIONS
 
 inf, nan = np.inf, np.nan
 

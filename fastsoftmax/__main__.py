@@ -1,0 +1,8 @@
+"""``python -m fastsoftmax``: the command line (``bench``, ``info``)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""The benchmark engine behind ``python -m fastsoftmax bench``.
+
+For each case (function, shape, dtype) it builds one input array, measures the memory
+roofline over the same bytes, then times every implementation of :mod:`fastsoftmax.peers` on
+that array, interleaved round by round so that drifting clocks and noisy neighbours hit all
+of them alike. Reported per implementation: median and minimum time per call, GB/s (bytes
+moved over the minimum time, SPEC §5) and percent of the roofline; per case, the ratio of
+each peer's time to fastsoftmax's (> 1 means fastsoftmax is faster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import peers, plan
+
+QUICK_FUNCTIONS = ("softmax", "log_softmax", "logsumexp")
+QUICK_SHAPES = ((1, 1000), (1024, 1000), (16, 262144), (2048, 32000))
+QUICK_DTYPES = ("float32",)
+FULL_SHAPES = ((1, 1000), (1024, 1000), (65536, 128), (16, 262144), (1, 4194304),
+               (2048, 32000), (256, 128256))
+# A timed round of a fast call repeats it until the round lasts at least this long, so that
+# the timer's resolution and the loop's overhead do not show in microsecond results.
+MIN_ROUND_SECONDS = 2e-3
+
+
+@dataclass
+class Case:
+    function: str
+    shape: tuple
+    dtype: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.function}|{'x'.join(map(str, self.shape))}|{self.dtype}"
+
+
+@dataclass
+class Timing:
+    median_s: float
+    min_s: float
+    gbps: float
+    pct_roofline: float
+    calls_per_round: int
+    rounds: int
+
+
+@dataclass
+class CaseResult:
+    function: str
+    shape: tuple
+    dtype: str
+    bytes_moved: int
+    roofline_gbps: float
+    timings: dict = field(default_factory=dict)   # implementation -> Timing
+    errors: dict = field(default_factory=dict)    # implementation -> message
+    ratios: dict = field(default_factory=dict)    # peer -> peer min / fastsoftmax min
+    ratios_out: dict = field(default_factory=dict)  # peer -> peer min / fastsoftmax out= min
+
+
+def parse_shapes(text: str) -> list[tuple]:
+    """``"2048x32000,1x1000"`` -> ``[(2048, 32000), (1, 1000)]``."""
+    shapes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        try:
+            shape = tuple(int(part) for part in item.split("x"))
+        except ValueError:
+            shape = ()
+        if not shape or any(n < 1 for n in shape):
+            raise ValueError(
+                f"bad shape {item!r}: expected positive sizes joined by 'x', such as 2048x32000")
+        shapes.append(shape)
+    return shapes
+
+
+def parse_choices(text: str, allowed, what: str) -> list[str]:
+    """Split a comma-separated list and check every item is allowed."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    for item in items:
+        if item not in allowed:
+            raise ValueError(f"unknown {what} {item!r}; expected one of {', '.join(allowed)}")
+    if not items:
+        raise ValueError(f"no {what} given")
+    return items
+
+
+def _time_rounds(fn, rounds_out: list, calls: int):
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    rounds_out.append((time.perf_counter() - start) / calls)
+
+
+def _calibrate(fn) -> tuple[int, float]:
+    """(calls per round so that a round lasts at least MIN_ROUND_SECONDS, seconds per call)."""
+    start = time.perf_counter()
+    fn()
+    once = time.perf_counter() - start
+    return max(1, math.ceil(MIN_ROUND_SECONDS / max(once, 1e-7))), once
+
+
+def measure_roofline(function: str, x: np.ndarray, repeat: int) -> float:
+    """GB/s of the simplest pass over the same bytes: scale-and-copy, or a read-only sum."""
+    from .kernels.roofline import scale_copy, sum_all
+    flat = x.reshape(-1)
+    parallel = plan.use_parallel(x.size // x.shape[-1], x.shape[-1])
+    if function == "logsumexp":
+        kernel = sum_all.build(parallel)
+        fn = lambda: kernel(flat)  # noqa: E731
+        nbytes = flat.nbytes
+    else:
+        kernel = scale_copy.build(parallel)
+        dst = np.empty_like(flat)
+        factor = flat.dtype.type(0.5)
+        fn = lambda: kernel(flat, dst, factor)  # noqa: E731
+        nbytes = 2 * flat.nbytes
+    calls, _ = _calibrate(fn)
+    times: list = []
+    for _ in range(max(repeat, 3)):
+        _time_rounds(fn, times, calls)
+    return nbytes / min(times) / 1e9
+
+
+def run_case(case: Case, implementations, repeat: int, seed: int = 0,
+             budget_s: float = 3.0) -> CaseResult:
+    """Time every implementation on one case. An implementation slower than ``budget_s`` per
+    ``repeat`` calls (the NumPy reference on big arrays) gets fewer rounds, at least 3."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(case.shape) * 3).astype(case.dtype)
+    nbytes = peers.result_bytes(case.function, x)
+    result = CaseResult(case.function, case.shape, case.dtype, nbytes,
+                        measure_roofline(case.function, x, repeat))
+    callables, calls, rounds = {}, {}, {}
+    for name in implementations:
+        try:
+            fn = peers.prepare(name, case.function, x)
+            fn()  # compile, allocate, warm caches: not timed
+            calls[name], once = _calibrate(fn)
+            rounds[name] = max(min(3, repeat), min(repeat, int(budget_s / once)))
+            callables[name] = fn
+        except Exception as exc:  # a peer that cannot run this case is reported, not fatal
+            result.errors[name] = f"{type(exc).__name__}: {exc}"
+    times = {name: [] for name in callables}
+    names = list(callables)
+    for round_index in range(repeat):
+        # rotate the order every round: no implementation always runs right after another
+        shift = round_index % max(len(names), 1)
+        for name in names[shift:] + names[:shift]:
+            if round_index < rounds[name]:
+                _time_rounds(callables[name], times[name], calls[name])
+    for name, samples in times.items():
+        best = min(samples)
+        gbps = nbytes / best / 1e9
+        result.timings[name] = Timing(statistics.median(samples), best, gbps,
+                                      100.0 * gbps / result.roofline_gbps, calls[name],
+                                      len(samples))
+    for ours, ratios in (("fastsoftmax", result.ratios), ("fastsoftmax out=", result.ratios_out)):
+        if ours in result.timings:
+            for name in peers.PEERS:
+                if name in result.timings:
+                    ratios[name] = result.timings[name].min_s / result.timings[ours].min_s
+    return result
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, enabled: bool = True):
+    """Yield an ``advance(description)`` callable: rich, else tqdm, else plain lines."""
+    if not enabled:
+        yield lambda description: None
+        return
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TimeElapsedColumn
+    except ImportError:
+        Progress = None
+    if Progress is not None:
+        with Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), transient=True) as bar:
+            task = bar.add_task("benchmark", total=total)
+            yield lambda description: bar.update(task, advance=1, description=description)
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        with tqdm(total=total, file=sys.stderr) as bar:
+            def advance(description):
+                bar.set_description(description)
+                bar.update(1)
+            yield advance
+        return
+    done = [0]
+
+    def advance(description):
+        done[0] += 1
+        print(f"[{done[0]}/{total}] {description}", file=sys.stderr, flush=True)
+    yield advance
+
+
+def run_benchmark(cases, implementations, repeat: int, show_progress: bool = True):
+    results = []
+    with progress_bar(len(cases), show_progress) as advance:
+        for case in cases:
+            results.append(run_case(case, implementations, repeat))
+            advance(case.label)
+    return results
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+def _format_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def table_rows(results):
+    """Rows (as lists of strings) of the summary table, and its header."""
+    peer_names = [name for name in peers.PEERS
+                  if any(name in r.timings for r in results)]
+    header = ["function", "shape", "dtype", "variant", "median", "min", "GB/s", "% roofline"]
+    header += [f"× {name}" for name in peer_names]
+    rows = []
+    for r in results:
+        shape = "×".join(map(str, r.shape))
+        for ours, ratios in (("fastsoftmax", r.ratios), ("fastsoftmax out=", r.ratios_out)):
+            t = r.timings.get(ours)
+            if t is None:
+                continue
+            variant = "allocating" if ours == "fastsoftmax" else "out="
+            row = [r.function, shape, r.dtype, variant, _format_time(t.median_s),
+                   _format_time(t.min_s), f"{t.gbps:.1f}", f"{t.pct_roofline:.0f}%"]
+            row += [f"{ratios[name]:.2f}" if name in ratios else "—" for name in peer_names]
+            rows.append(row)
+    return header, rows
+
+
+def format_table(results, markdown: bool = False) -> str:
+    header, rows = table_rows(results)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 4 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(lines)
+
+
+def print_table(results, file=None) -> None:
+    file = file or sys.stdout
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(format_table(results), file=file)
+        return
+    header, rows = table_rows(results)
+    table = Table(title="fastsoftmax benchmark (× peer = peer time / fastsoftmax time; "
+                        "> 1: fastsoftmax is faster)")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < 4 else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(file=file, width=max(120, sum(len(h) + 6 for h in header))).print(table)
+
+
+def to_json(results, machine: dict, path: str) -> None:
+    payload = {
+        "machine": machine,
+        "note": "ratios = peer min time / fastsoftmax min time (> 1: fastsoftmax faster); "
+                "GB/s = bytes moved / min time",
+        "results": [dict(asdict(r), shape=list(r.shape),
+                         timings={k: asdict(v) for k, v in r.timings.items()})
+                    for r in results],
+    }
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=2)
+
+
+def plot(results, machine: dict, path: str) -> None:
+    """PNG chart: GB/s per shape (ordered by row length) for each implementation, with the
+    roofline, one panel per function and dtype."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r.function, r.dtype) for r in results},
+                    key=lambda p: (peers.FUNCTIONS.index(p[0]), p[1]))
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 4.6 * rows), squeeze=False)
+    styles = {"fastsoftmax": ("C0", "o", "-"), "fastsoftmax out=": ("C0", "s", "--"),
+              "reference": ("C7", "v", "-"), "scipy": ("C2", "^", "-"),
+              "torch": ("C3", "D", "-"), "jax": ("C1", "P", "-")}
+    for ax, (function, dtype) in zip(axes.flat, panels):
+        cases = sorted((r for r in results if (r.function, r.dtype) == (function, dtype)),
+                       key=lambda r: (r.shape[-1], math.prod(r.shape)))
+        xs = range(len(cases))
+        ax.plot(xs, [r.roofline_gbps for r in cases], color="black", linestyle=":",
+                marker="_", markersize=14, label="memory roofline (same bytes)")
+        for name in peers.OURS + peers.PEERS:
+            ys = [r.timings[name].gbps if name in r.timings else np.nan for r in cases]
+            if np.all(np.isnan(ys)):
+                continue
+            color, marker, line = styles[name]
+            ax.plot(xs, ys, color=color, marker=marker, linestyle=line, label=name)
+        ax.set_xticks(list(xs), ["×".join(map(str, r.shape)) for r in cases], rotation=30,
+                      ha="right")
+        ax.set_yscale("log")
+        ax.set_xlabel("shape (rows × row length), by row length")
+        ax.set_ylabel("GB/s (bytes read + written / min time)")
+        ax.set_title(f"{function}, {dtype}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"fastsoftmax {machine.get('fastsoftmax')} vs peers — {machine.get('cpu')}, "
+                 f"{machine.get('threads')} threads", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine_info() -> dict:
+    """Versions, threads and CPU: what a bug report or a benchmark needs to be read."""
+    import llvmlite.binding as llvm
+    import numba
+
+    import fastsoftmax
+    from .kernels.roofline import sum_all
+
+    sum_all.parallel(np.ones(4))  # the threading layer is only chosen at the first parallel run
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = "not initialised"
+    features = llvm.get_host_cpu_features()
+    simd = sorted(name for name, on in features.items() if on and name.startswith(
+        ("sse", "ssse", "avx", "fma", "f16c", "neon", "sve", "vsx", "altivec")))
+    try:
+        cache_dir = sum_all.parallel._cache._cache_path
+    except AttributeError:
+        cache_dir = "unknown"
+    return {
+        "fastsoftmax": fastsoftmax.__version__,
+        "numba": numba.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "threading_layer": layer,
+        "threads": numba.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "cache_dir": cache_dir,
+        "cpu": cpu_name(),
+        "llvm_cpu": llvm.get_host_cpu_name(),
+        "simd": " ".join(simd),
+        "platform": platform.platform(),
+    }
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

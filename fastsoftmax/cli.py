@@ -1,0 +1,121 @@
+"""Command line: ``python -m fastsoftmax bench`` and ``python -m fastsoftmax info``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import bench, peers
+
+DTYPES = ("float32", "float64")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fastsoftmax",
+        description="fastsoftmax command line: benchmarks and system information.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    b = commands.add_parser(
+        "bench", help="time fastsoftmax against the NumPy reference and installed peers",
+        description="Time fastsoftmax (allocating and with out=) against the NumPy reference "
+                    "and SciPy, PyTorch and JAX when installed, on the same arrays, "
+                    "interleaved; report GB/s, %% of the memory roofline measured in the same "
+                    "run, and ratios (peer time / fastsoftmax time: > 1 means faster).")
+    b.add_argument("--functions", default=None,
+                   help=f"comma-separated, from {','.join(peers.FUNCTIONS)} (default: all)")
+    b.add_argument("--shapes", default=None,
+                   help="comma-separated ROWSxCOLS, e.g. 2048x32000,1x1000 (default: SPEC §5 "
+                        "shapes; with --quick a subset)")
+    b.add_argument("--dtypes", default=None,
+                   help="comma-separated, from float32,float64 (default: both; --quick: float32)")
+    b.add_argument("--peers", default=None,
+                   help="comma-separated, from reference,scipy,torch,jax (default: installed)")
+    b.add_argument("--repeat", type=int, default=None,
+                   help="timed rounds per implementation and case (default 7, --quick 5)")
+    b.add_argument("--quick", action="store_true",
+                   help="a subset that runs in about a minute")
+    b.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    b.add_argument("--plot", metavar="PATH.png", help="also draw a PNG chart of GB/s")
+    b.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    b.add_argument("--threads", type=int, default=None,
+                   help="threads for fastsoftmax and the peers (default: Numba's default)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    commands.add_parser("info", help="versions, threading layer, cache directory, CPU features")
+    return parser
+
+
+def bench_cases(args) -> list:
+    """The cases an argument namespace asks for (ValueError on a bad list)."""
+    functions = (bench.parse_choices(args.functions, peers.FUNCTIONS, "function")
+                 if args.functions else list(peers.FUNCTIONS))
+    if args.shapes:
+        shapes = bench.parse_shapes(args.shapes)
+    else:
+        shapes = list(bench.QUICK_SHAPES if args.quick else bench.FULL_SHAPES)
+    if args.dtypes:
+        dtypes = bench.parse_choices(args.dtypes, DTYPES, "dtype")
+    else:
+        dtypes = list(bench.QUICK_DTYPES if args.quick else DTYPES)
+    return [bench.Case(f, s, d) for d in dtypes for f in functions for s in shapes]
+
+
+def bench_implementations(args) -> list:
+    if args.peers is None:
+        chosen = peers.installed_peers()
+    else:
+        chosen = bench.parse_choices(args.peers, peers.PEERS, "peer")
+        missing = [name for name in chosen if not peers.is_installed(name)]
+        if missing:
+            raise ValueError(f"peer {', '.join(missing)} is not installed")
+    return list(peers.OURS) + chosen
+
+
+def run_bench(args) -> int:
+    cases = bench_cases(args)
+    implementations = bench_implementations(args)
+    repeat = args.repeat if args.repeat is not None else (5 if args.quick else 7)
+    if repeat < 1:
+        raise ValueError(f"--repeat must be at least 1, got {repeat}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    peers.set_threads(args.threads)
+    machine = bench.machine_info()
+    print(f"# {machine['cpu']} | {machine['threads']} threads ({machine['threading_layer']}) | "
+          f"fastsoftmax {machine['fastsoftmax']}, numba {machine['numba']}, "
+          f"numpy {machine['numpy']} | peers: {', '.join(implementations[2:]) or 'none'}")
+    results = bench.run_benchmark(cases, implementations, repeat,
+                                  show_progress=not args.no_progress)
+    if args.markdown:
+        print(bench.format_table(results, markdown=True))
+    else:
+        bench.print_table(results)
+    for r in results:
+        for name, message in r.errors.items():
+            print(f"! {name} failed on {r.function} {r.shape} {r.dtype}: {message}")
+    if args.json:
+        bench.to_json(results, machine, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench.plot(results, machine, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def run_info() -> int:
+    for key, value in bench.machine_info().items():
+        print(f"{key:>16}: {value}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "bench":
+            return run_bench(args)
+        return run_info()
+    except ValueError as exc:
+        parser.error(str(exc))  # exits with status 2 and the usage line
+    return 1

@@ -1,0 +1,109 @@
+"""The registry of implementations that the benchmarks (``benchmarks/`` and
+``python -m fastsoftmax bench``) compare: fastsoftmax (allocating and with ``out=``), the NumPy
+reference, and SciPy, PyTorch and JAX when they are installed.
+
+Each implementation is a *preparer*: given the function name and the input array it does the
+one-off work (converting to a tensor, allocating ``out``, compiling) and returns a callable of
+no arguments that computes the result along the last axis. Optional libraries are imported
+only here, lazily, when their implementation is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+import numpy as np
+
+FUNCTIONS = ("softmax", "log_softmax", "logsumexp")
+OURS = ("fastsoftmax", "fastsoftmax out=")
+PEERS = ("reference", "scipy", "torch", "jax")
+
+
+def is_installed(name: str) -> bool:
+    """True when implementation ``name`` can run here (its library imports)."""
+    module = {"scipy": "scipy", "torch": "torch", "jax": "jax"}.get(name)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def installed_peers() -> list[str]:
+    return [name for name in PEERS if is_installed(name)]
+
+
+def result_bytes(function: str, x: np.ndarray) -> int:
+    """Bytes one call moves at least: the input read once and the result written once."""
+    if function == "logsumexp":
+        return x.nbytes + (x.size // max(x.shape[-1], 1)) * x.itemsize
+    return 2 * x.nbytes
+
+
+def _fastsoftmax(function, x):
+    import fastsoftmax
+    fn = getattr(fastsoftmax, function)
+    return lambda: fn(x)
+
+
+def _fastsoftmax_out(function, x):
+    import fastsoftmax
+    fn = getattr(fastsoftmax, function)
+    out = np.empty(x.shape[:-1] if function == "logsumexp" else x.shape, x.dtype)
+    return lambda: fn(x, out=out)
+
+
+def _reference(function, x):
+    from fastsoftmax import reference
+    fn = getattr(reference, function)
+    return lambda: fn(x)
+
+
+def _scipy(function, x):
+    from scipy import special
+    fn = getattr(special, function)
+    return lambda: fn(x, axis=-1)
+
+
+def _torch(function, x):
+    import torch
+    tensor = torch.from_numpy(x)
+    fn = {"softmax": torch.softmax, "log_softmax": torch.log_softmax,
+          "logsumexp": torch.logsumexp}[function]
+    return lambda: fn(tensor, -1)
+
+
+def _jax(function, x):
+    import jax
+    import jax.numpy as jnp
+    if x.dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+    array = jax.device_put(jnp.asarray(x))
+    fn = jax.jit({"softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax,
+                  "logsumexp": jax.nn.logsumexp}[function], static_argnames="axis")
+    return lambda: fn(array, axis=-1).block_until_ready()
+
+
+PREPARERS: dict[str, Callable] = {
+    "fastsoftmax": _fastsoftmax,
+    "fastsoftmax out=": _fastsoftmax_out,
+    "reference": _reference,
+    "scipy": _scipy,
+    "torch": _torch,
+    "jax": _jax,
+}
+
+
+def prepare(implementation: str, function: str, x: np.ndarray) -> Callable[[], object]:
+    """A no-argument callable running ``function`` of ``implementation`` on ``x`` (last axis)."""
+    if function not in FUNCTIONS:
+        raise ValueError(f"unknown function {function!r}; expected one of {', '.join(FUNCTIONS)}")
+    return PREPARERS[implementation](function, x)
+
+
+def set_threads(n: int | None) -> None:
+    """Give every implementation the same number of threads (None: leave the defaults)."""
+    if n is None:
+        return
+    import numba
+    numba.set_num_threads(n)
+    if is_installed("torch"):
+        import torch
+        torch.set_num_threads(n)

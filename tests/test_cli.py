@@ -1,0 +1,83 @@
+"""The command line: argument parsing, error messages, JSON and chart output, info."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastsoftmax import bench, cli
+
+TINY = ["bench", "--shapes", "3x64,1x10", "--functions", "softmax,logsumexp", "--dtypes",
+        "float32", "--peers", "reference", "--repeat", "2", "--no-progress"]
+
+
+def test_parse_shapes():
+    assert bench.parse_shapes("2048x32000, 1x1000") == [(2048, 32000), (1, 1000)]
+    assert bench.parse_shapes("7") == [(7,)]
+
+
+@pytest.mark.parametrize("text", ["2048*32000", "0x5", "x", "axb", "3x-1", ""])
+def test_bad_shape_strings_are_refused(text):
+    with pytest.raises(ValueError, match="bad shape"):
+        bench.parse_shapes(text)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["bench", "--functions", "sofmax"], ["unknown function", "'sofmax'", "softmax"]),
+    (["bench", "--shapes", "12by3"], ["bad shape", "'12by3'"]),
+    (["bench", "--dtypes", "float16"], ["unknown dtype", "float16"]),
+    (["bench", "--peers", "tensorflow"], ["unknown peer", "tensorflow"]),
+    (["bench", "--repeat", "0", "--shapes", "1x4"], ["--repeat"]),
+    (["bench", "--threads", "0", "--shapes", "1x4"], ["--threads"]),
+    (["frobnicate"], ["invalid choice"]),
+])
+def test_bad_arguments_exit_with_a_message(capsys, args, words):
+    with pytest.raises(SystemExit) as info:
+        cli.main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err
+
+
+def test_default_cases():
+    args = cli.build_parser().parse_args(["bench", "--quick"])
+    cases = cli.bench_cases(args)
+    assert {c.dtype for c in cases} == {"float32"}
+    assert {c.shape for c in cases} == set(bench.QUICK_SHAPES)
+    args = cli.build_parser().parse_args(["bench"])
+    assert {c.dtype for c in cli.bench_cases(args)} == {"float32", "float64"}
+
+
+def test_json_has_every_field(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    assert cli.main(TINY + ["--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert {"fastsoftmax", "numba", "numpy", "threads", "cpu"} <= set(data["machine"])
+    assert len(data["results"]) == 4
+    for case in data["results"]:
+        assert case["roofline_gbps"] > 0 and case["bytes_moved"] > 0
+        assert set(case["timings"]) == {"fastsoftmax", "fastsoftmax out=", "reference"}
+        for timing in case["timings"].values():
+            assert 0 < timing["min_s"] <= timing["median_s"]
+            assert timing["gbps"] > 0 and timing["pct_roofline"] > 0
+        assert case["ratios"]["reference"] > 0 and case["ratios_out"]["reference"] > 0
+    table = capsys.readouterr().out
+    assert "× reference" in table and "3×64" in table
+
+
+def test_markdown_table_and_plot(tmp_path, capsys):
+    png = tmp_path / "chart.png"
+    assert cli.main(TINY + ["--markdown", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "| function | shape | dtype | variant |" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_info(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    for key in ("fastsoftmax", "numba", "numpy", "threading_layer", "threads", "cache_dir",
+                "simd"):
+        assert key in out
