@@ -129,7 +129,8 @@ class RowBatch:
     x_stride: int
     mask: np.ndarray | None  # flat boolean mask rows, or None
     mask_stride: int
-    out: np.ndarray          # flat output rows (one element per row when reducing)
+    out: np.ndarray | None   # flat output rows (one element per row when reducing); None:
+    #                          in place, the kernel overwrites ``x``
     out_stride: int
     n_rows: int
     n_cols: int
@@ -255,15 +256,19 @@ def prepare(func: str, x, axis, where, out, dtype, *, temperature=1.0, reduce=Fa
     x_flat, x_stride = _as_rows(x_moved, compute_dtype)
 
     # The kernel writes straight into ``out`` when its rows lie flat in memory, in the compute
-    # dtype, without overlapping the input other than element for element (out=x).
+    # dtype, and it is either apart from the input or exactly the input (in place).
     if out is not None and result_dtype == compute_dtype:
         rows = _writable_rows(out, axis, reduce, keepdims)
         layout = None if rows is None else row_layout(rows)
-        if (layout is not None and (layout[1] >= n_cols or n_rows <= 1)
-                and not _overlaps_differently(layout[0], x_flat)):
+        if layout is not None and (layout[1] >= n_cols or n_rows <= 1):
             out_flat, out_stride = layout
-            return RowBatch(x_flat, x_stride, mask, mask_stride, out_flat, max(out_stride, 1),
-                            n_rows, n_cols, inv_t, out)
+            overlap = _overlap(out_flat, out_stride, x_flat, x_stride)
+            if overlap == "same" and x_flat.flags.writeable and not reduce:
+                return RowBatch(x_flat, x_stride, mask, mask_stride, None, x_stride,
+                                n_rows, n_cols, inv_t, out)
+            if overlap == "none":
+                return RowBatch(x_flat, x_stride, mask, mask_stride, out_flat,
+                                max(out_stride, 1), n_rows, n_cols, inv_t, out)
 
     # Otherwise the kernel writes a fresh C-ordered buffer of rows.
     buffer = np.empty(row_shape if reduce else x_moved.shape, compute_dtype)
@@ -281,10 +286,10 @@ def prepare(func: str, x, axis, where, out, dtype, *, temperature=1.0, reduce=Fa
                     n_rows, n_cols, inv_t, result, written=shaped)
 
 
-def _overlaps_differently(out_flat: np.ndarray, x_flat: np.ndarray) -> bool:
-    """True when the output shares memory with the input other than element for element."""
+def _overlap(out_flat: np.ndarray, out_stride: int, x_flat: np.ndarray, x_stride: int) -> str:
+    """"none", "same" (the output rows are the input rows: in place) or "partial"."""
     if not np.may_share_memory(out_flat, x_flat):
-        return False
-    same_start = (out_flat.__array_interface__["data"][0]
-                  == x_flat.__array_interface__["data"][0])
-    return not (same_start and out_flat.shape == x_flat.shape)
+        return "none"
+    same = (out_flat.__array_interface__["data"][0] == x_flat.__array_interface__["data"][0]
+            and out_flat.shape == x_flat.shape and out_stride == x_stride)
+    return "same" if same else "partial"

@@ -24,6 +24,8 @@ def run(kernel_pair, batch, *, parallel=None) -> None:
     """
     if parallel is None:
         parallel = use_parallel(batch.n_rows, batch.n_cols)
+    # Temperature 1 is passed as None: the kernels are then compiled without the multiply.
+    inv_t = None if batch.inv_t == 1.0 else batch.x.dtype.type(batch.inv_t)
     kernel_pair.build(parallel)(
         batch.x, batch.x_stride, batch.mask, batch.mask_stride, batch.out, batch.out_stride,
-        batch.n_rows, batch.n_cols, batch.x.dtype.type(batch.inv_t))
+        batch.n_rows, batch.n_cols, inv_t)

@@ -1,7 +1,7 @@
 """The one place where Numba options are chosen.
 
-Every kernel and building block is compiled through :func:`building_block` or
-:func:`kernel_pair`, so the fast-math flags, the on-disk cache and the error model are
+Every kernel and building block is compiled through :func:`building_block`,
+:func:`reduction` or :func:`kernel_pair`, so the fast-math flags, the on-disk cache and the error model are
 set once, here, and nowhere else.
 """
 
@@ -13,10 +13,15 @@ import types
 
 import numba
 
-# Fast-math without ``nnan``/``ninf``: the kernels must see ±inf and NaN exactly as SPEC §2
-# says. ``reassoc`` lets LLVM split the sum and max reductions into SIMD lanes; ``contract``
-# allows fused multiply-add in the exp polynomial; ``nsz`` lets max ignore the sign of zero.
-FASTMATH_FLAGS = frozenset({"reassoc", "contract", "nsz", "arcp"})
+# Fast-math flags, never ``nnan``/``ninf``: the kernels must see ±inf and NaN exactly as
+# SPEC §2 says. Everything is compiled with ``contract`` only (fused multiply-add in the exp
+# polynomial). Reassociation is confined to the reductions that need it to use SIMD lanes
+# (:func:`reduction`): elsewhere it breaks the arithmetic, e.g. LLVM turns the log_softmax
+# shift ``(x - m) - log_sum`` into ``x - (m + log_sum)``, which loses ``log_sum`` next to a
+# large ``m``, and folds the ``(z + bias) - bias`` rounding step of ``exp`` to ``z``. LLVM keeps
+# the flags per instruction, so each helper keeps its own after inlining.
+FASTMATH_FLAGS = frozenset({"contract"})
+REDUCTION_FASTMATH_FLAGS = frozenset({"reassoc", "nsz", "contract"})
 
 NUMBA_OPTIONS = dict(
     fastmath=set(FASTMATH_FLAGS),
@@ -25,24 +30,21 @@ NUMBA_OPTIONS = dict(
     boundscheck=False,
     nogil=True,
 )
+REDUCTION_OPTIONS = dict(NUMBA_OPTIONS, fastmath=set(REDUCTION_FASTMATH_FLAGS))
 
 
-# For code whose rounding is the algorithm (the magic-bias rounding of ``exp``): with
-# ``reassoc`` LLVM folds ``(x + bias) - bias`` to ``x`` and the rounding is lost. ``contract``
-# alone still allows fused multiply-add. LLVM keeps these flags per instruction, so they hold
-# after the helper is inlined into a kernel built with ``NUMBA_OPTIONS``.
-STRICT_NUMBA_OPTIONS = dict(NUMBA_OPTIONS, fastmath={"contract"})
+def building_block(pyfunc):
+    """Compile a small numerical helper that kernels call (``exp``, elementwise passes)."""
+    return numba.njit(**NUMBA_OPTIONS)(pyfunc)
 
 
-def building_block(pyfunc=None, *, strict=False):
-    """Compile a small numerical helper that kernels call (``exp``, reductions).
+def reduction(pyfunc):
+    """Compile a reduction loop whose additions (or max) LLVM may reorder into SIMD lanes.
 
-    ``strict=True`` compiles it without reassociation (see ``STRICT_NUMBA_OPTIONS``).
+    Its body must only accumulate: anything computed per element belongs in a
+    :func:`building_block` it calls, which keeps exact operation order.
     """
-    options = STRICT_NUMBA_OPTIONS if strict else NUMBA_OPTIONS
-    if pyfunc is None:
-        return lambda f: numba.njit(**options)(f)
-    return numba.njit(**options)(pyfunc)
+    return numba.njit(**REDUCTION_OPTIONS)(pyfunc)
 
 
 def _renamed(pyfunc, suffix):
@@ -67,12 +69,12 @@ class KernelPair:
     results. Nothing is compiled until a build is first called (lazy, cached on disk).
     """
 
-    def __init__(self, pyfunc):
+    def __init__(self, pyfunc, options=NUMBA_OPTIONS):
         self.__name__ = pyfunc.__name__
         self.__doc__ = pyfunc.__doc__
         self.py_func = pyfunc
-        self.serial = numba.njit(parallel=False, **NUMBA_OPTIONS)(_renamed(pyfunc, "__serial"))
-        self.parallel = numba.njit(parallel=True, **NUMBA_OPTIONS)(_renamed(pyfunc, "__parallel"))
+        self.serial = numba.njit(parallel=False, **options)(_renamed(pyfunc, "__serial"))
+        self.parallel = numba.njit(parallel=True, **options)(_renamed(pyfunc, "__parallel"))
 
     def build(self, parallel: bool):
         return self.parallel if parallel else self.serial
@@ -81,9 +83,15 @@ class KernelPair:
         return f"<KernelPair {self.__name__}>"
 
 
-def kernel_pair(pyfunc) -> KernelPair:
-    """Decorator: compile ``pyfunc`` (a loop over rows using ``prange``) serial and parallel."""
-    return KernelPair(pyfunc)
+def kernel_pair(pyfunc=None, *, reduction=False):
+    """Decorator: compile ``pyfunc`` (a loop using ``prange``) serial and parallel.
+
+    ``reduction=True``: the prange loop itself is a reduction (``REDUCTION_OPTIONS``).
+    """
+    options = REDUCTION_OPTIONS if reduction else NUMBA_OPTIONS
+    if pyfunc is None:
+        return lambda f: KernelPair(f, options)
+    return KernelPair(pyfunc, options)
 
 
 # --- on-disk cache invalidation ----------------------------------------------------------------

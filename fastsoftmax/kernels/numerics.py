@@ -17,7 +17,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
 
-from .jit import NUMBA_OPTIONS, building_block
+from .jit import NUMBA_OPTIONS, building_block, reduction
 
 # --- float32: XNNPACK's "rr2-p5" (also PyTorch's exp_u20, oneDNN's) -------------------------
 # n = round(z / ln2) with the magic-bias trick; the bias also carries the exponent bias 127,
@@ -106,8 +106,8 @@ def maximum(a, b):
 
 
 if not numba.config.DISABLE_JIT:
-    _jit_exp_f32 = building_block(exp_f32, strict=True)
-    _jit_exp_f64 = building_block(exp_f64, strict=True)
+    _jit_exp_f32 = building_block(exp_f32)
+    _jit_exp_f64 = building_block(exp_f64)
 
     @overload(exp, jit_options=NUMBA_OPTIONS)
     def _exp_overload(z):
@@ -144,10 +144,25 @@ def cast_like(arr, value):
     return arr.dtype.type(value)
 
 
+def scaled(z, inv_t):
+    """``z * inv_t``, or ``z`` itself when ``inv_t`` is None (temperature 1: no multiply)."""
+    if inv_t is None:
+        return z
+    return z * inv_t
+
+
 def row_of(flat, start, n):
     """``flat[start:start + n]``, or None when ``flat`` is None (no ``where`` mask)."""
     if flat is None:
         return None
+    return flat[start:start + n]
+
+
+def row_or(flat, start, n, default):
+    """``flat[start:start + n]``, or ``default`` when ``flat`` is None (in place: the input
+    row itself, so that LLVM sees one array and vectorises without a runtime overlap check)."""
+    if flat is None:
+        return default
     return flat[start:start + n]
 
 
@@ -161,6 +176,18 @@ if not numba.config.DISABLE_JIT:
             return lambda arr, value: np.float64(value)
         return None
 
+    @overload(scaled, jit_options=NUMBA_OPTIONS)
+    def _scaled_overload(z, inv_t):
+        if isinstance(inv_t, types.NoneType):
+            return lambda z, inv_t: z
+        return lambda z, inv_t: z * inv_t
+
+    @overload(row_or, jit_options=NUMBA_OPTIONS)
+    def _row_or_overload(flat, start, n, default):
+        if isinstance(flat, types.NoneType):
+            return lambda flat, start, n, default: default
+        return lambda flat, start, n, default: flat[start:start + n]
+
     @overload(row_of, jit_options=NUMBA_OPTIONS)
     def _row_of_overload(flat, start, n):
         if isinstance(flat, types.NoneType):
@@ -172,11 +199,16 @@ if not numba.config.DISABLE_JIT:
 # Each takes a contiguous 1-D row and ``sel``: None (every element counts) or the row of the
 # boolean ``where`` mask. Numba compiles the ``sel is None`` branch away when ``sel`` is None,
 # so the unmasked loops carry no mask test. Elements left out count as -inf in the max, 0 in
-# the sums, and are written as 0 (softmax) or -inf (log_softmax). ``inv_t`` is
-# 1/temperature in the row's dtype: multiplying the exp argument by it folds the temperature
-# into a pass that exists anyway.
+# the sums, and are written as 0 (softmax) or -inf (log_softmax). ``inv_t`` is 1/temperature
+# in the row's dtype, or None for temperature 1 (the multiply is compiled away).
 
-@building_block
+# Sums of exponentials add BLOCK elements in the row's dtype (SIMD lanes of float32 are twice
+# as many as of float64, and the exp before the add runs at that width), then add each block's
+# total into a float64 sum: the float32 rounding stays within a block of values <= 1.
+BLOCK = 512
+
+
+@reduction
 def row_max(row, sel):
     """Maximum of the selected elements; NaN if one is NaN, -inf if none is selected."""
     m = cast_like(row, -np.inf)
@@ -191,36 +223,72 @@ def row_max(row, sel):
 
 
 @building_block
-def sum_exp(row, sel, m, inv_t):
-    """sum(exp((row - m) * inv_t)) over the selected elements, accumulated in float64."""
-    s = 0.0
+def exp_shifted(v, m, inv_t):
+    """exp((v - m) * inv_t) for one element, in exact operation order."""
+    return exp(scaled(v - m, inv_t))
+
+
+@reduction
+def _block_sum_exp(block, sel, m, inv_t):
+    # One block, summed in the row's dtype (loops index from 0 so that Numba can drop the
+    # negative-index wraparound that would otherwise stop LLVM from vectorising).
+    acc = cast_like(block, 0.0)
     if sel is None:
-        for j in range(row.size):
-            s += np.float64(exp((row[j] - m) * inv_t))
+        for j in range(block.size):
+            acc += exp_shifted(block[j], m, inv_t)
     else:
-        for j in range(row.size):
-            e = exp((row[j] - m) * inv_t)
-            s += np.float64(e) if sel[j] else 0.0
-    return s
+        zero = cast_like(block, 0.0)
+        for j in range(block.size):
+            e = exp_shifted(block[j], m, inv_t)
+            acc += e if sel[j] else zero
+    return acc
+
+
+@building_block
+def _block_exp_store(block, sel, m, inv_t, dst):
+    if sel is None:
+        for j in range(block.size):
+            dst[j] = exp_shifted(block[j], m, inv_t)
+    else:
+        zero = cast_like(block, 0.0)
+        for j in range(block.size):
+            e = exp_shifted(block[j], m, inv_t)
+            dst[j] = e if sel[j] else zero
+
+
+@reduction
+def _block_sum(block):
+    acc = cast_like(block, 0.0)
+    for j in range(block.size):
+        acc += block[j]
+    return acc
+
+
+@building_block
+def sum_exp(row, sel, m, inv_t):
+    """sum(exp((row - m) * inv_t)) over the selected elements, as float64."""
+    total = 0.0
+    for start in range(0, row.size, BLOCK):
+        stop = min(start + BLOCK, row.size)
+        total += np.float64(_block_sum_exp(row[start:stop], row_of(sel, start, stop - start),
+                                           m, inv_t))
+    return total
 
 
 @building_block
 def exp_store_sum(row, sel, m, inv_t, dst):
-    """dst = exp((row - m) * inv_t) (0 where not selected); returns sum(dst) in float64."""
-    s = 0.0
-    if sel is None:
-        for j in range(row.size):
-            e = exp((row[j] - m) * inv_t)
-            dst[j] = e
-            s += np.float64(e)
-    else:
-        zero = cast_like(row, 0.0)
-        for j in range(row.size):
-            e = exp((row[j] - m) * inv_t)
-            e = e if sel[j] else zero
-            dst[j] = e
-            s += np.float64(e)
-    return s
+    """dst = exp((row - m) * inv_t) (0 where not selected); returns sum(dst) as float64."""
+    total = 0.0
+    for start in range(0, row.size, BLOCK):
+        stop = min(start + BLOCK, row.size)
+        out = dst[start:stop]
+        _block_exp_store(row[start:stop], row_of(sel, start, stop - start), m, inv_t, out)
+        # Summed in a loop of its own over the block just written (still in L1): a loop that
+        # only reads compiles to the same SIMD reduction in every caller, whereas one that
+        # also stores is vectorised differently with and without aliasing (in place, serial,
+        # parallel), and a different order of additions changes the last bits.
+        total += np.float64(_block_sum(out))
+    return total
 
 
 @building_block
@@ -240,9 +308,9 @@ def shift_store(row, sel, m, inv_t, log_sum, dst):
     """dst = (row - m) * inv_t - log_sum (-inf where not selected): the log_softmax pass."""
     if sel is None:
         for j in range(row.size):
-            dst[j] = (row[j] - m) * inv_t - log_sum
+            dst[j] = scaled(row[j] - m, inv_t) - log_sum
     else:
         neg_inf = cast_like(row, -np.inf)
         for j in range(row.size):
-            v = (row[j] - m) * inv_t - log_sum
+            v = scaled(row[j] - m, inv_t) - log_sum
             dst[j] = v if sel[j] else neg_inf

@@ -19,7 +19,7 @@ def scale_copy(src, dst, factor):
         dst[i] = src[i] * factor
 
 
-@kernel_pair
+@kernel_pair(reduction=True)
 def sum_all(src):
     """sum(src) over a flat array."""
     s = 0.0

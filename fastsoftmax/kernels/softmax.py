@@ -4,8 +4,10 @@ Every kernel sees the same layout, prepared by :mod:`fastsoftmax.plan`: ``n_rows
 ``n_cols`` contiguous elements, row ``r`` starting at ``r * x_stride`` in the flat input
 ``x`` (a stride, so sliced and padded rows need no copy), at ``r * out_stride`` in ``out``
 and at ``r * mask_stride`` in ``mask`` (the ``where`` argument, or None; a stride of 0 shares
-one mask row). Kernels validate nothing and allocate nothing; ``out`` may alias ``x``
-(each element is read before it is written).
+one mask row). ``out`` None means in place: the result overwrites ``x`` (passing the same
+array twice instead would make LLVM guard every loop with an overlap check, and fall back to
+scalar code, with sums in another order, when the check fails). Kernels validate nothing and
+allocate nothing.
 
 The outer loop is ``prange``: :class:`~fastsoftmax.kernels.jit.KernelPair` builds each body
 once serial and once row-parallel, both with the same per-row code.
@@ -19,8 +21,8 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel_pair
-from .numerics import (cast_like, exp_store_sum, row_max, row_of, scale_store, shift_store,
-                       sum_exp)
+from .numerics import (cast_like, exp_store_sum, row_max, row_of, row_or, scale_store,
+                       shift_store, sum_exp)
 
 
 @kernel_pair
@@ -28,7 +30,7 @@ def softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols
     """out[r] = softmax(x[r] * inv_t): max pass, exp-store-sum pass, scale pass."""
     for r in prange(n_rows):
         row = x[r * x_stride:r * x_stride + n_cols]
-        dst = out[r * out_stride:r * out_stride + n_cols]
+        dst = row_or(out, r * out_stride, n_cols, row)
         sel = row_of(mask, r * mask_stride, n_cols)
         m = row_max(row, sel)
         s = exp_store_sum(row, sel, m, inv_t, dst)
@@ -40,7 +42,7 @@ def log_softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_
     """out[r] = log_softmax(x[r] * inv_t): max pass, sum-exp pass, shift pass."""
     for r in prange(n_rows):
         row = x[r * x_stride:r * x_stride + n_cols]
-        dst = out[r * out_stride:r * out_stride + n_cols]
+        dst = row_or(out, r * out_stride, n_cols, row)
         sel = row_of(mask, r * mask_stride, n_cols)
         m = row_max(row, sel)
         s = sum_exp(row, sel, m, inv_t)
@@ -49,13 +51,13 @@ def log_softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_
 
 @kernel_pair
 def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, inv_t):
-    """out[r * out_stride] = logsumexp(x[r]) (``inv_t`` is unused: kept for one signature)."""
+    """out[r * out_stride] = logsumexp(x[r]) (``inv_t``, always None, keeps one signature)."""
     for r in prange(n_rows):
         row = x[r * x_stride:r * x_stride + n_cols]
         sel = row_of(mask, r * mask_stride, n_cols)
         m = row_max(row, sel)
         if math.isfinite(m):
-            s = sum_exp(row, sel, m, cast_like(row, 1.0))
+            s = sum_exp(row, sel, m, None)
             out[r * out_stride] = cast_like(out, np.float64(m) + math.log(s))
         else:
             # -inf (nothing selected, only -inf, or an empty row), +inf or NaN: the answer
