@@ -115,3 +115,21 @@ def test_plan_runs_small_batches_serially():
     assert not plan.use_parallel(1, 1000)
     assert not plan.use_parallel(8, 100)
     assert not plan.use_parallel(1, 10_000_000)  # one row: nothing to split across rows
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_in_place_through_a_view(name):
+    rng = np.random.default_rng(26)
+    x = random_logits(rng, (40, 1000), np.float32)
+    want = FUNCTIONS[name][0](x)
+    view = x[:]
+    assert FUNCTIONS[name][0](view, out=x) is x
+    np.testing.assert_array_equal(x, want)
+
+
+def test_numpy_integer_axis_and_float_axis():
+    x = np.zeros((2, 3), np.float32)
+    np.testing.assert_array_equal(fastsoftmax.softmax(x, axis=np.int64(1)), np.full((2, 3), 1 / 3,
+                                                                                     np.float32))
+    with pytest.raises(TypeError, match="axis"):
+        fastsoftmax.softmax(x, axis=-1.0)
