@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import plan
-from .kernels.softmax import log_softmax_rows, logsumexp_rows, softmax_rows
 from .normalize import common_case, prepare
 
 __all__ = ["softmax", "log_softmax", "logsumexp"]
@@ -60,7 +59,7 @@ def softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None):
     array([[0.5 , 0.5 ],
            [0.25, 0.75]])
     """
-    return _compute(softmax_rows, "softmax", x, axis, where, out, dtype, temperature)
+    return _compute("softmax", x, axis, where, out, dtype, temperature)
 
 
 def log_softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None):
@@ -76,7 +75,7 @@ def log_softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None
     >>> log_softmax(np.array([0.0, np.log(3.0)])).round(6)
     array([-1.386294, -0.287682])
     """
-    return _compute(log_softmax_rows, "log_softmax", x, axis, where, out, dtype, temperature)
+    return _compute("log_softmax", x, axis, where, out, dtype, temperature)
 
 
 def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
@@ -108,23 +107,22 @@ def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
     array([[1.386294],
            [1.386294]])
     """
-    result = _compute(logsumexp_rows, "logsumexp", x, axis, where, out, dtype, 1.0,
+    result = _compute("logsumexp", x, axis, where, out, dtype, 1.0,
                       reduce=True, keepdims=keepdims)
     if out is None and not result.ndim:
         return result[()]
     return result
 
 
-def _compute(kernel, name, x, axis, where, out, dtype, temperature, reduce=False,
-             keepdims=False):
+def _compute(name, x, axis, where, out, dtype, temperature, reduce=False, keepdims=False):
     """Normalise, plan and run one call; the common case on a short path (see common_case)."""
     if where is None and dtype is None and temperature == 1.0 and not keepdims:
         rows = common_case(x, axis, out, reduce)
         if rows is not None:
             x_flat, out_flat, n_rows, n_cols, result = rows
-            plan.run_common(kernel, x_flat, out_flat, n_rows, n_cols, reduce)
+            plan.run_common(name, x_flat, out_flat, n_rows, n_cols, reduce)
             return result
     batch = prepare(name, x, axis, where, out, dtype, temperature=temperature, reduce=reduce,
                     keepdims=keepdims)
-    plan.run(kernel, batch)
+    plan.run(name, batch)
     return batch.finish()

@@ -63,3 +63,75 @@ def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_co
             # -inf (nothing selected, only -inf, or an empty row), +inf or NaN: the answer
             # is the max itself; the general formula would give log(nan) for the first two.
             out[r * out_stride] = m
+
+
+# --- rows split across threads ---------------------------------------------------------------
+# For a batch of few, long rows (one 4M-column row), row-parallelism leaves threads idle. These
+# kernels cut every row into chunks of ``chunk`` elements and run one pass over all chunks in
+# parallel; the plan combines the per-chunk maxima and sums of each row in between. Chunk ``k``
+# is chunk ``k % n_chunks`` of row ``k // n_chunks``.
+
+
+@kernel_pair
+def split_max(x, x_stride, mask, mask_stride, n_rows, n_cols, chunk, chunk_max):
+    """chunk_max[k] = max of chunk k (NaN if it holds one, -inf if nothing is selected)."""
+    n_chunks = (n_cols + chunk - 1) // chunk
+    for k in prange(n_rows * n_chunks):
+        r, start = k // n_chunks, (k % n_chunks) * chunk
+        stop = min(start + chunk, n_cols)
+        chunk_max[k] = row_max(x[r * x_stride + start:r * x_stride + stop],
+                               row_of(mask, r * mask_stride + start, stop - start))
+
+
+@kernel_pair
+def split_sum_exp(x, x_stride, mask, mask_stride, n_rows, n_cols, chunk, inv_t, maxima,
+                  chunk_sum):
+    """chunk_sum[k] = sum(exp((chunk k - row max) * inv_t)) over the selected elements."""
+    n_chunks = (n_cols + chunk - 1) // chunk
+    for k in prange(n_rows * n_chunks):
+        r, start = k // n_chunks, (k % n_chunks) * chunk
+        stop = min(start + chunk, n_cols)
+        chunk_sum[k] = sum_exp(x[r * x_stride + start:r * x_stride + stop],
+                               row_of(mask, r * mask_stride + start, stop - start),
+                               maxima[r], inv_t)
+
+
+@kernel_pair
+def split_exp_store_sum(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols,
+                        chunk, inv_t, maxima, chunk_sum):
+    """out = exp((x - row max) * inv_t) chunk by chunk; chunk_sum[k] = the chunk's sum."""
+    n_chunks = (n_cols + chunk - 1) // chunk
+    for k in prange(n_rows * n_chunks):
+        r, start = k // n_chunks, (k % n_chunks) * chunk
+        stop = min(start + chunk, n_cols)
+        src = x[r * x_stride + start:r * x_stride + stop]
+        chunk_sum[k] = exp_store_sum(src, row_of(mask, r * mask_stride + start, stop - start),
+                                     maxima[r], inv_t,
+                                     row_or(out, r * out_stride + start, stop - start, src))
+
+
+@kernel_pair
+def split_scale(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk,
+                factors):
+    """out (or x, in place) *= factors[row], chunk by chunk: the last pass of softmax."""
+    n_chunks = (n_cols + chunk - 1) // chunk
+    for k in prange(n_rows * n_chunks):
+        r, start = k // n_chunks, (k % n_chunks) * chunk
+        stop = min(start + chunk, n_cols)
+        dst = row_or(out, r * out_stride + start, stop - start,
+                     x[r * x_stride + start:r * x_stride + stop])
+        scale_store(dst, row_of(mask, r * mask_stride + start, stop - start), factors[r])
+
+
+@kernel_pair
+def split_shift(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk, inv_t,
+                maxima, log_sums):
+    """out = (x - row max) * inv_t - log(row sum), chunk by chunk: the last pass of
+    log_softmax."""
+    n_chunks = (n_cols + chunk - 1) // chunk
+    for k in prange(n_rows * n_chunks):
+        r, start = k // n_chunks, (k % n_chunks) * chunk
+        stop = min(start + chunk, n_cols)
+        src = x[r * x_stride + start:r * x_stride + stop]
+        shift_store(src, row_of(mask, r * mask_stride + start, stop - start), maxima[r], inv_t,
+                    log_sums[r], row_or(out, r * out_stride + start, stop - start, src))
