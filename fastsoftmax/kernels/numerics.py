@@ -98,6 +98,10 @@ def exp(z):
     return exp_f64(np.float64(z))
 
 
+def prefetch(arr, index):
+    """Ask the CPU to start loading ``arr[index]``'s cache line (a no-op without the JIT)."""
+
+
 def maximum(a, b):
     """max(a, b) that propagates NaN (LLVM's ``llvm.maximum``): vectorises as a reduction."""
     if a != a or b != b:
@@ -131,6 +135,28 @@ if not numba.config.DISABLE_JIT:
             return builder.call(fn, args)
 
         return a(a, b), codegen
+
+    @intrinsic
+    def _llvm_prefetch(typingctx, arr, index):
+        if not isinstance(arr, types.Array) or not isinstance(index, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+            i32 = ir.IntType(32)
+            fn = builder.module.declare_intrinsic(
+                "llvm.prefetch", [address.type],
+                ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]))
+            # read, locality 2 (keep in L2), data cache
+            builder.call(fn, [address, i32(0), i32(2), i32(1)])
+            return context.get_dummy_value()
+
+        return types.void(arr, types.intp), codegen
+
+    @overload(prefetch, jit_options=NUMBA_OPTIONS)
+    def _prefetch_overload(arr, index):
+        return lambda arr, index: _llvm_prefetch(arr, index)
 
     @overload(maximum, jit_options=NUMBA_OPTIONS)
     def _maximum_overload(a, b):
@@ -265,22 +291,48 @@ def _block_sum(block):
 
 
 @building_block
-def sum_exp(row, sel, m, inv_t):
-    """sum(exp((row - m) * inv_t)) over the selected elements, as float64."""
+def next_row(x, r, n_rows, x_stride, n_cols):
+    """Row ``r + 1`` of the flat rows of ``x``, or an empty array after the last row."""
+    if r + 1 >= n_rows:
+        return x[:0]
+    start = (r + 1) * x_stride
+    return x[start:start + n_cols]
+
+
+@building_block
+def prefetch_lines(arr):
+    """Prefetch every cache line of ``arr`` (an empty ``arr`` does nothing)."""
+    step = max(64 // arr.itemsize, 1)
+    for i in range(0, arr.size, step):
+        prefetch(arr, i)
+
+
+@building_block
+def sum_exp(row, sel, m, inv_t, ahead):
+    """sum(exp((row - m) * inv_t)) over the selected elements, as float64.
+
+    ``ahead``: the next row to work on (or an empty array), prefetched block by block while
+    this one computes: in a batch too big for the caches, the next row then streams in from
+    memory during the exponentials instead of stalling the following max pass.
+    """
     total = 0.0
     for start in range(0, row.size, BLOCK):
         stop = min(start + BLOCK, row.size)
+        prefetch_lines(ahead[start:stop])
         total += np.float64(_block_sum_exp(row[start:stop], row_of(sel, start, stop - start),
                                            m, inv_t))
     return total
 
 
 @building_block
-def exp_store_sum(row, sel, m, inv_t, dst):
-    """dst = exp((row - m) * inv_t) (0 where not selected); returns sum(dst) as float64."""
+def exp_store_sum(row, sel, m, inv_t, dst, ahead):
+    """dst = exp((row - m) * inv_t) (0 where not selected); returns sum(dst) as float64.
+
+    ``ahead``: the next row, prefetched meanwhile (see :func:`sum_exp`)."""
     total = 0.0
     for start in range(0, row.size, BLOCK):
         stop = min(start + BLOCK, row.size)
+        prefetch_lines(ahead[start:stop])
         out = dst[start:stop]
         _block_exp_store(row[start:stop], row_of(sel, start, stop - start), m, inv_t, out)
         # Summed in a loop of its own over the block just written (still in L1): a loop that

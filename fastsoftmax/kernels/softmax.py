@@ -21,8 +21,8 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel_pair
-from .numerics import (cast_like, exp_store_sum, row_max, row_of, row_or, scale_store,
-                       shift_store, sum_exp)
+from .numerics import (cast_like, exp_store_sum, next_row, row_max, row_of, row_or,
+                       scale_store, shift_store, sum_exp)
 
 
 @kernel_pair
@@ -33,7 +33,7 @@ def softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols
         dst = row_or(out, r * out_stride, n_cols, row)
         sel = row_of(mask, r * mask_stride, n_cols)
         m = row_max(row, sel)
-        s = exp_store_sum(row, sel, m, inv_t, dst)
+        s = exp_store_sum(row, sel, m, inv_t, dst, next_row(x, r, n_rows, x_stride, n_cols))
         scale_store(dst, sel, cast_like(dst, 1.0 / s))
 
 
@@ -45,7 +45,7 @@ def log_softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_
         dst = row_or(out, r * out_stride, n_cols, row)
         sel = row_of(mask, r * mask_stride, n_cols)
         m = row_max(row, sel)
-        s = sum_exp(row, sel, m, inv_t)
+        s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols))
         shift_store(row, sel, m, inv_t, cast_like(row, math.log(s)), dst)
 
 
@@ -57,7 +57,7 @@ def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_co
         sel = row_of(mask, r * mask_stride, n_cols)
         m = row_max(row, sel)
         if math.isfinite(m):
-            s = sum_exp(row, sel, m, None)
+            s = sum_exp(row, sel, m, None, next_row(x, r, n_rows, x_stride, n_cols))
             out[r * out_stride] = cast_like(out, np.float64(m) + math.log(s))
         else:
             # -inf (nothing selected, only -inf, or an empty row), +inf or NaN: the answer
@@ -93,7 +93,7 @@ def split_sum_exp(x, x_stride, mask, mask_stride, n_rows, n_cols, chunk, inv_t, 
         stop = min(start + chunk, n_cols)
         chunk_sum[k] = sum_exp(x[r * x_stride + start:r * x_stride + stop],
                                row_of(mask, r * mask_stride + start, stop - start),
-                               maxima[r], inv_t)
+                               maxima[r], inv_t, x[:0])
 
 
 @kernel_pair
@@ -107,7 +107,8 @@ def split_exp_store_sum(x, x_stride, mask, mask_stride, out, out_stride, n_rows,
         src = x[r * x_stride + start:r * x_stride + stop]
         chunk_sum[k] = exp_store_sum(src, row_of(mask, r * mask_stride + start, stop - start),
                                      maxima[r], inv_t,
-                                     row_or(out, r * out_stride + start, stop - start, src))
+                                     row_or(out, r * out_stride + start, stop - start, src),
+                                     x[:0])
 
 
 @kernel_pair
