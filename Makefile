@@ -27,7 +27,7 @@ test-slow: install ## run the whole suite, the slow tests too
 	$(BIN)/python -m pytest
 
 bench: install ## quick benchmark against the reference and installed peers, with a chart
-	$(BIN)/python -m fastsoftmax bench --quick --plot benchmarks/latest.png --json benchmarks/latest.json
+	$(BIN)/python -m fastsoftmax bench --quick --startup --plot benchmarks/latest.png --json benchmarks/latest.json
 
 bench-full: install ## timed pytest-benchmark suite on every SPEC shape; JSON saved in .benchmarks/
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-autosave \

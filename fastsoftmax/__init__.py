@@ -8,7 +8,7 @@ Kernels compile on first use (and are cached on disk), so importing is cheap.
 """
 
 from . import reference
-from .api import log_softmax, logsumexp, softmax
+from .api import log_softmax, logsumexp, softmax, warmup
 
 __version__ = "0.1.0"
-__all__ = ["softmax", "log_softmax", "logsumexp", "reference", "__version__"]
+__all__ = ["softmax", "log_softmax", "logsumexp", "warmup", "reference", "__version__"]

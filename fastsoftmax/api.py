@@ -12,7 +12,7 @@ import numpy as np
 from . import plan
 from .normalize import common_case, prepare
 
-__all__ = ["softmax", "log_softmax", "logsumexp"]
+__all__ = ["softmax", "log_softmax", "logsumexp", "warmup"]
 
 
 def softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None):
@@ -126,3 +126,36 @@ def _compute(name, x, axis, where, out, dtype, temperature, reduce=False, keepdi
                     keepdims=keepdims)
     plan.run(name, batch)
     return batch.finish()
+
+
+def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "logsumexp")):
+    """Compile (or load from the disk cache) the kernels of the common calls ahead of time.
+
+    Kernels otherwise compile on first use: about 1-3 s for each function and dtype the first
+    time on a machine, a fraction of a second from the cache afterwards. Call this at start-up
+    to move that cost out of a latency-sensitive path. It covers the common call (C-contiguous
+    input, no ``where``, temperature 1, with and without ``out``), serial and parallel builds,
+    and rows split across threads; other variants still compile on first use.
+
+    Parameters
+    ----------
+    dtypes : iterable of dtype-like, default ("float32", "float64")
+    functions : iterable of str, default all three
+
+    Examples
+    --------
+    >>> import fastsoftmax
+    >>> fastsoftmax.warmup(dtypes=["float32"], functions=["softmax"])
+    """
+    for dtype in dtypes:
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"warmup: dtypes must be float32 or float64, got {dtype}")
+        x = np.zeros((2, 8), dtype)
+        for name in functions:
+            if name not in ("softmax", "log_softmax", "logsumexp"):
+                raise ValueError(f"warmup: unknown function {name!r}")
+            reduce = name == "logsumexp"
+            for parallel, split in ((False, False), (True, False), (True, True)):
+                plan.run(name, prepare(name, x, -1, None, None, None, reduce=reduce),
+                         parallel=parallel, split=split)

@@ -218,6 +218,51 @@ def run_benchmark(cases, implementations, repeat: int, show_progress: bool = Tru
     return results
 
 
+# --- start-up --------------------------------------------------------------------------------
+_STARTUP_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import fastsoftmax
+t1 = time.perf_counter()
+fastsoftmax.softmax(np.ones((4, 1000), sys.argv[1]))
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "first_call_s": t2 - t1}))
+"""
+
+
+def measure_startup(dtypes=("float32", "float64")) -> dict:
+    """Seconds to import fastsoftmax and make a first call, in new processes: with the kernel
+    cache warm, and with a cold (empty) cache, where the first call compiles its kernel."""
+    import subprocess
+    import tempfile
+
+    def run(dtype, env):
+        done = subprocess.run([sys.executable, "-c", _STARTUP_SCRIPT, dtype], env=env,
+                              capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    result = {}
+    for dtype in dtypes:
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+            cold = run(dtype, env)
+            warm = run(dtype, env)  # the same cache, now filled
+        result[dtype] = {"import_s": warm["import_s"], "first_call_warm_s": warm["first_call_s"],
+                         "import_and_first_call_warm_s": warm["import_s"] + warm["first_call_s"],
+                         "first_call_cold_s": cold["first_call_s"]}
+    return result
+
+
+def format_startup(startup: dict) -> str:
+    lines = ["start-up (new process): import | first call, warm cache | import + first call, "
+             "warm | first call, cold cache (compiles)"]
+    for dtype, t in startup.items():
+        lines.append(f"  {dtype}: {t['import_s']:.2f} s | {t['first_call_warm_s']:.2f} s | "
+                     f"{t['import_and_first_call_warm_s']:.2f} s | {t['first_call_cold_s']:.2f} s")
+    return "\n".join(lines)
+
+
 # --- reporting ---------------------------------------------------------------------------------
 
 def _format_time(seconds: float) -> str:
@@ -280,9 +325,10 @@ def print_table(results, file=None) -> None:
     Console(file=file, width=max(120, sum(len(h) + 6 for h in header))).print(table)
 
 
-def to_json(results, machine: dict, path: str) -> None:
+def to_json(results, machine: dict, path: str, startup: dict | None = None) -> None:
     payload = {
         "machine": machine,
+        "startup": startup,
         "note": "ratios = peer min time / fastsoftmax min time (> 1: fastsoftmax faster); "
                 "GB/s = bytes moved / min time",
         "results": [dict(asdict(r), shape=list(r.shape),

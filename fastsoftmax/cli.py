@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None,
                    help="threads for fastsoftmax and the peers (default: Numba's default)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--startup", action="store_true",
+                   help="also time import + first call in new processes (warm and cold cache)")
 
     commands.add_parser("info", help="versions, threading layer, cache directory, CPU features")
     return parser
@@ -94,8 +96,12 @@ def run_bench(args) -> int:
     for r in results:
         for name, message in r.errors.items():
             print(f"! {name} failed on {r.function} {r.shape} {r.dtype}: {message}")
+    startup = None
+    if args.startup:
+        startup = bench.measure_startup(sorted({c.dtype for c in cases}))
+        print(bench.format_startup(startup))
     if args.json:
-        bench.to_json(results, machine, args.json)
+        bench.to_json(results, machine, args.json, startup)
         print(f"wrote {args.json}")
     if args.plot:
         bench.plot(results, machine, args.plot)

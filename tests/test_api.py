@@ -176,3 +176,11 @@ def test_numpy_integer_axis_and_float_axis():
                                                                                      np.float32))
     with pytest.raises(TypeError, match="axis"):
         fastsoftmax.softmax(x, axis=-1.0)
+
+
+def test_warmup_compiles_and_validates():
+    fastsoftmax.warmup(dtypes=["float32"], functions=["logsumexp"])
+    with pytest.raises(ValueError, match="dtypes"):
+        fastsoftmax.warmup(dtypes=["int8"])
+    with pytest.raises(ValueError, match="unknown function"):
+        fastsoftmax.warmup(dtypes=["float64"], functions=["softplus"])

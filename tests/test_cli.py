@@ -81,3 +81,16 @@ def test_info(capsys):
     for key in ("fastsoftmax", "numba", "numpy", "threading_layer", "threads", "cache_dir",
                 "simd"):
         assert key in out
+
+
+def test_startup_table_format():
+    text = bench.format_startup({"float32": {"import_s": 0.5, "first_call_warm_s": 0.25,
+                                             "import_and_first_call_warm_s": 0.75,
+                                             "first_call_cold_s": 2.5}})
+    assert "float32: 0.50 s | 0.25 s | 0.75 s | 2.50 s" in text
+
+
+@pytest.mark.slow
+def test_startup_is_measured_in_new_processes():
+    startup = bench.measure_startup(["float32"])["float32"]
+    assert 0 < startup["first_call_warm_s"] < startup["first_call_cold_s"]
