@@ -339,6 +339,17 @@ def to_json(results, machine: dict, path: str, startup: dict | None = None) -> N
         json.dump(payload, handle, indent=2)
 
 
+def from_json(path: str):
+    """(results, machine, startup) from a file written by :func:`to_json`."""
+    with open(path) as handle:
+        payload = json.load(handle)
+    results = []
+    for item in payload["results"]:
+        timings = {name: Timing(**t) for name, t in item.pop("timings").items()}
+        results.append(CaseResult(**dict(item, shape=tuple(item["shape"]), timings=timings)))
+    return results, payload["machine"], payload.get("startup")
+
+
 def plot(results, machine: dict, path: str) -> None:
     """PNG chart: GB/s per shape (ordered by row length) for each implementation, with the
     roofline, one panel per function and dtype."""

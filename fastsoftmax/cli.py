@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 
 from . import bench, peers
 
@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time import + first call in new processes (warm and cold cache)")
 
     commands.add_parser("info", help="versions, threading layer, cache directory, CPU features")
+
+    r = commands.add_parser("report", help="print a saved benchmark (--json) as a table",
+                            description="Print the results saved by `bench --json` as a "
+                                        "Markdown table (for a README), optionally re-plot.")
+    r.add_argument("path", help="a JSON file written by `bench --json`")
+    r.add_argument("--plot", metavar="PATH.png", help="also draw the chart again")
     return parser
 
 
@@ -109,6 +115,23 @@ def run_bench(args) -> int:
     return 0
 
 
+def run_report(args) -> int:
+    try:
+        results, machine, startup = bench.from_json(args.path)
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read benchmark results from {args.path!r}: {exc}") from exc
+    print(f"{machine['cpu']}, {machine['threads']} threads ({machine['threading_layer']}); "
+          f"fastsoftmax {machine['fastsoftmax']}, numba {machine['numba']}, "
+          f"numpy {machine['numpy']}\n")
+    print(bench.format_table(results, markdown=True))
+    if startup:
+        print()
+        print(bench.format_startup(startup))
+    if args.plot:
+        bench.plot(results, machine, args.plot)
+    return 0
+
+
 def run_info() -> int:
     for key, value in bench.machine_info().items():
         print(f"{key:>16}: {value}")
@@ -121,6 +144,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "bench":
             return run_bench(args)
+        if args.command == "report":
+            return run_report(args)
         return run_info()
     except ValueError as exc:
         parser.error(str(exc))  # exits with status 2 and the usage line

@@ -94,3 +94,21 @@ def test_startup_table_format():
 def test_startup_is_measured_in_new_processes():
     startup = bench.measure_startup(["float32"])["float32"]
     assert 0 < startup["first_call_warm_s"] < startup["first_call_cold_s"]
+
+
+def test_report_prints_a_saved_run(tmp_path, capsys):
+    path = tmp_path / "run.json"
+    assert cli.main(TINY + ["--json", str(path)]) == 0
+    capsys.readouterr()
+    png = tmp_path / "again.png"
+    assert cli.main(["report", str(path), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "| softmax | 3×64 | float32 | allocating |" in out
+    assert png.exists()
+
+
+def test_report_of_a_missing_file_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["report", str(tmp_path / "nothing.json")])
+    assert info.value.code == 2
+    assert "cannot read benchmark results" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .jit import kernel_pair
+from .jit import building_block, kernel_pair
 from .numerics import (cast_like, exp_store_sum, next_row, row_max, row_of, row_or,
                        scale_store, shift_store, sum_exp)
 
@@ -72,13 +72,19 @@ def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_co
 # is chunk ``k % n_chunks`` of row ``k // n_chunks``.
 
 
+@building_block
+def chunk_span(k, n_chunks, chunk, n_cols):
+    """(row, first column, end column) of chunk ``k``."""
+    start = (k % n_chunks) * chunk
+    return k // n_chunks, start, min(start + chunk, n_cols)
+
+
 @kernel_pair
 def split_max(x, x_stride, mask, mask_stride, n_rows, n_cols, chunk, chunk_max):
     """chunk_max[k] = max of chunk k (NaN if it holds one, -inf if nothing is selected)."""
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
-        r, start = k // n_chunks, (k % n_chunks) * chunk
-        stop = min(start + chunk, n_cols)
+        r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
         chunk_max[k] = row_max(x[r * x_stride + start:r * x_stride + stop],
                                row_of(mask, r * mask_stride + start, stop - start))
 
@@ -89,8 +95,7 @@ def split_sum_exp(x, x_stride, mask, mask_stride, n_rows, n_cols, chunk, inv_t, 
     """chunk_sum[k] = sum(exp((chunk k - row max) * inv_t)) over the selected elements."""
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
-        r, start = k // n_chunks, (k % n_chunks) * chunk
-        stop = min(start + chunk, n_cols)
+        r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
         chunk_sum[k] = sum_exp(x[r * x_stride + start:r * x_stride + stop],
                                row_of(mask, r * mask_stride + start, stop - start),
                                maxima[r], inv_t, x[:0])
@@ -102,8 +107,7 @@ def split_exp_store_sum(x, x_stride, mask, mask_stride, out, out_stride, n_rows,
     """out = exp((x - row max) * inv_t) chunk by chunk; chunk_sum[k] = the chunk's sum."""
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
-        r, start = k // n_chunks, (k % n_chunks) * chunk
-        stop = min(start + chunk, n_cols)
+        r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
         src = x[r * x_stride + start:r * x_stride + stop]
         chunk_sum[k] = exp_store_sum(src, row_of(mask, r * mask_stride + start, stop - start),
                                      maxima[r], inv_t,
@@ -117,8 +121,7 @@ def split_scale(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols,
     """out (or x, in place) *= factors[row], chunk by chunk: the last pass of softmax."""
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
-        r, start = k // n_chunks, (k % n_chunks) * chunk
-        stop = min(start + chunk, n_cols)
+        r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
         dst = row_or(out, r * out_stride + start, stop - start,
                      x[r * x_stride + start:r * x_stride + stop])
         scale_store(dst, row_of(mask, r * mask_stride + start, stop - start), factors[r])
@@ -131,8 +134,7 @@ def split_shift(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols,
     log_softmax."""
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
-        r, start = k // n_chunks, (k % n_chunks) * chunk
-        stop = min(start + chunk, n_cols)
+        r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
         src = x[r * x_stride + start:r * x_stride + stop]
         shift_store(src, row_of(mask, r * mask_stride + start, stop - start), maxima[r], inv_t,
                     log_sums[r], row_or(out, r * out_stride + start, stop - start, src))
