@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install install-torch test test-slow bench bench-full clean
+.PHONY: help install install-torch test test-slow coverage bench bench-full clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -25,6 +25,10 @@ test: install ## run the test suite (benchmarks run once each, untimed, as smoke
 
 test-slow: install ## run the whole suite, the slow tests too
 	$(BIN)/python -m pytest
+
+coverage: install ## tests without the JIT (kernel bodies run as Python) under coverage; report
+	NUMBA_DISABLE_JIT=1 $(BIN)/python -m coverage run --source=fastsoftmax -m pytest -q tests -m "not slow"
+	$(BIN)/python -m coverage report --show-missing
 
 bench: install ## quick benchmark against the reference and installed peers, with a chart
 	$(BIN)/python -m fastsoftmax bench --quick --startup --plot benchmarks/latest.png --json benchmarks/latest.json

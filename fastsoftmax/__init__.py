@@ -9,6 +9,8 @@ Kernels compile on first use (and are cached on disk), so importing is cheap.
 
 from . import reference
 from .api import log_softmax, logsumexp, softmax, warmup
+from .parallel import threads
 
 __version__ = "0.1.0"
-__all__ = ["softmax", "log_softmax", "logsumexp", "warmup", "reference", "__version__"]
+__all__ = ["softmax", "log_softmax", "logsumexp", "warmup", "threads", "reference",
+           "__version__"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import plan
+from .parallel import parallel_available
 from .normalize import common_case, prepare
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "warmup"]
@@ -156,6 +157,9 @@ def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "
             if name not in ("softmax", "log_softmax", "logsumexp"):
                 raise ValueError(f"warmup: unknown function {name!r}")
             reduce = name == "logsumexp"
-            for parallel, split in ((False, False), (True, False), (True, True)):
+            builds = ((False, False), (True, False), (True, True))
+            if not parallel_available():
+                builds = builds[:1]  # e.g. a forked child of an OpenMP process: serial only
+            for parallel, split in builds:
                 plan.run(name, prepare(name, x, -1, None, None, None, reduce=reduce),
                          parallel=parallel, split=split)

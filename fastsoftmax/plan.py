@@ -5,11 +5,13 @@ All thresholds live here, so a measurement that moves one changes one line.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numba
 import numpy as np
 
+from .parallel import launch_guard, parallel_available
 from .kernels import softmax as kernels
 
 # Below this many elements a call runs the serial build: waking the thread pool costs a few
@@ -30,8 +32,9 @@ ROW_KERNELS = {
 
 
 def use_parallel(n_rows: int, n_cols: int) -> bool:
-    """True when a batch is large enough to be worth waking the threads for."""
-    return n_rows * n_cols > SERIAL_MAX_ELEMENTS and numba.get_num_threads() > 1
+    """True when a batch is large enough to be worth waking the threads for (and threads may
+    run here: see :mod:`fastsoftmax.threads` for forked children)."""
+    return n_rows * n_cols > SERIAL_MAX_ELEMENTS and parallel_available()
 
 
 def use_split(n_rows: int, n_cols: int) -> bool:
@@ -55,9 +58,13 @@ def run(op: str, batch, *, parallel=None, split=None) -> None:
         _run_split(op, batch, parallel, inv_t)
         return
     kernel = ROW_KERNELS[op]
-    (kernel.parallel if parallel else kernel.serial)(
-        batch.x, batch.x_stride, batch.mask, batch.mask_stride, batch.out, batch.out_stride,
-        n_rows, n_cols, inv_t)
+    if not parallel:
+        kernel.serial(batch.x, batch.x_stride, batch.mask, batch.mask_stride, batch.out,
+                      batch.out_stride, n_rows, n_cols, inv_t)
+        return
+    with launch_guard():
+        kernel.parallel(batch.x, batch.x_stride, batch.mask, batch.mask_stride, batch.out,
+                        batch.out_stride, n_rows, n_cols, inv_t)
 
 
 def run_common(op: str, x_flat, out_flat, n_rows: int, n_cols: int, reduce: bool) -> None:
@@ -70,12 +77,22 @@ def run_common(op: str, x_flat, out_flat, n_rows: int, n_cols: int, reduce: bool
         run(op, batch, parallel=True, split=True)
         return
     kernel = ROW_KERNELS[op]
-    (kernel.parallel if parallel else kernel.serial)(
-        x_flat, n_cols, None, 0, out_flat, 1 if reduce else n_cols, n_rows, n_cols, None)
+    if not parallel:
+        kernel.serial(x_flat, n_cols, None, 0, out_flat, 1 if reduce else n_cols, n_rows,
+                      n_cols, None)
+        return
+    with launch_guard():
+        kernel.parallel(x_flat, n_cols, None, 0, out_flat, 1 if reduce else n_cols, n_rows,
+                        n_cols, None)
 
 
 def _run_split(op: str, b, parallel: bool, inv_t) -> None:
     """Each pass over all chunks of all rows in parallel; per-row combines in between."""
+    with launch_guard() if parallel else contextlib.nullcontext():
+        _run_split_passes(op, b, parallel, inv_t)
+
+
+def _run_split_passes(op: str, b, parallel: bool, inv_t) -> None:
     def build(kernel_pair):
         return kernel_pair.parallel if parallel else kernel_pair.serial
 

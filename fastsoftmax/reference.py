@@ -46,7 +46,7 @@ def _prepare(x, where, dtype, temperature):
 def _max_and_sum(z, selected, axis):
     """Row max over the selected elements (-inf if none), and sum(exp(z - max))."""
     m = np.max(z, axis=axis, keepdims=True, where=selected, initial=-np.inf)
-    e = np.where(selected, np.exp(z - m), 0.0)
+    e = np.exp(z - m, where=selected, out=np.zeros_like(z))  # 0 where not selected
     return m, e, np.sum(e, axis=axis, keepdims=True)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.large
+
 import fastsoftmax
 from fastsoftmax import reference
 

@@ -71,6 +71,7 @@ def test_lists_are_accepted(func_name):
     assert_matches_reference(func_name, [1, 2, 3])
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("n_cols", [1, 2, 15, 16, 17, 1000, 4099, 65536, 300_000])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_lengths(func_name, n_cols, dtype):
@@ -80,6 +81,7 @@ def test_row_lengths(func_name, n_cols, dtype):
     assert_matches_reference(func_name, x)
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("n_rows", [1, 2, 3, 50, 2000])
 def test_row_counts_cross_the_parallel_threshold(func_name, n_rows):
     rng = np.random.default_rng(n_rows)

@@ -41,6 +41,7 @@ def test_out_is_returned_and_filled(name, axis):
     np.testing.assert_allclose(out, FUNCTIONS[name][1](x, axis=axis), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("name", ELEMENTWISE)
 def test_in_place(name):
     rng = np.random.default_rng(22)
@@ -142,6 +143,7 @@ def test_split_rows_match_whole_rows(op, dtype, masked, temperature, monkeypatch
         np.testing.assert_array_equal(in_place, split)
 
 
+@pytest.mark.large
 def test_one_huge_row_is_split_across_threads(monkeypatch):
     calls = []
     real = plan._run_split
@@ -160,6 +162,7 @@ def test_plan_runs_small_batches_serially():
     assert not plan.use_split(10_000, 1000)
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("name", ELEMENTWISE)
 def test_in_place_through_a_view(name):
     rng = np.random.default_rng(26)

@@ -34,7 +34,7 @@ def softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols
         sel = row_of(mask, r * mask_stride, n_cols)
         m = row_max(row, sel)
         s = exp_store_sum(row, sel, m, inv_t, dst, next_row(x, r, n_rows, x_stride, n_cols))
-        scale_store(dst, sel, cast_like(dst, 1.0 / s))
+        scale_store(dst, sel, cast_like(dst, np.float64(1.0) / s))
 
 
 @kernel_pair
@@ -46,7 +46,7 @@ def log_softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_
         sel = row_of(mask, r * mask_stride, n_cols)
         m = row_max(row, sel)
         s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols))
-        shift_store(row, sel, m, inv_t, cast_like(row, math.log(s)), dst)
+        shift_store(row, sel, m, inv_t, cast_like(row, np.log(np.float64(s))), dst)
 
 
 @kernel_pair
@@ -58,7 +58,7 @@ def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_co
         m = row_max(row, sel)
         if math.isfinite(m):
             s = sum_exp(row, sel, m, None, next_row(x, r, n_rows, x_stride, n_cols))
-            out[r * out_stride] = cast_like(out, np.float64(m) + math.log(s))
+            out[r * out_stride] = cast_like(out, np.float64(m) + np.log(np.float64(s)))
         else:
             # -inf (nothing selected, only -inf, or an empty row), +inf or NaN: the answer
             # is the max itself; the general formula would give log(nan) for the first two.
