@@ -117,7 +117,8 @@ def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
 
 def _compute(name, x, axis, where, out, dtype, temperature, reduce=False, keepdims=False):
     """Normalise, plan and run one call; the common case on a short path (see common_case)."""
-    if where is None and dtype is None and temperature == 1.0 and not keepdims:
+    if (where is None and dtype is None and type(temperature) in (float, int)
+            and temperature == 1 and not keepdims):
         rows = common_case(x, axis, out, reduce)
         if rows is not None:
             x_flat, out_flat, n_rows, n_cols, result = rows

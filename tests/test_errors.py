@@ -27,6 +27,23 @@ BAD_CALLS = [
     ((x2,), {"dtype": "nonsense"}, TypeError, ["dtype"]),
     ((x2,), {"out": [0.0] * 6}, TypeError, ["out", "ndarray"]),
     ((x2,), {"out": np.zeros((2, 3), np.float32)}, ValueError, ["out", "float32", "float64"]),
+    ((None,), {}, TypeError, ["x", "object"]),
+    ((object(),), {}, TypeError, ["x", "object"]),
+    (([[1.0, 2.0], [3.0]],), {}, TypeError, ["x"]),
+    ((np.array([1, 2], dtype="timedelta64[s]"),), {}, TypeError, ["x", "timedelta"]),
+    ((np.array([b"a"]),), {}, TypeError, ["x", "dtype"]),
+    ((np.array([1.0], dtype=np.clongdouble),), {}, TypeError, ["x", "complex"]),
+    ((x2,), {"axis": "1"}, TypeError, ["axis"]),
+    ((x2,), {"axis": np.float64(0.0)}, TypeError, ["axis"]),
+    ((x2,), {"axis": 100}, ValueError, ["axis", "100"]),
+    ((x2,), {"where": np.ones((2, 3, 1), bool)}, ValueError, ["where", "(2, 3, 1)"]),
+    ((x2,), {"where": np.array(["yes"] * 3)}, TypeError, ["where", "bool"]),
+    ((x2,), {"where": [1, 0, 1]}, TypeError, ["where", "bool"]),
+    ((x2,), {"dtype": np.float16}, ValueError, ["dtype", "float16"]),
+    ((x2,), {"dtype": np.complex128}, ValueError, ["dtype", "complex128"]),
+    ((x2,), {"out": np.zeros((2, 3), ">f8")}, ValueError, ["out", ">f8"]),
+    ((np.zeros((2, 3), np.float16),), {"out": np.zeros((2, 3), np.float32)}, ValueError,
+     ["out", "float16"]),
 ]
 ELEMENTWISE_BAD_CALLS = [
     ((x2,), {"out": np.zeros((3, 2))}, ValueError, ["out", "(3, 2)", "(2, 3)"]),
@@ -35,6 +52,9 @@ ELEMENTWISE_BAD_CALLS = [
     ((x2,), {"temperature": np.nan}, ValueError, ["temperature"]),
     ((x2,), {"temperature": np.inf}, ValueError, ["temperature"]),
     ((x2,), {"temperature": "hot"}, ValueError, ["temperature"]),
+    ((x2,), {"temperature": None}, ValueError, ["temperature"]),
+    ((x2,), {"temperature": True}, ValueError, ["temperature"]),
+    ((x2,), {"temperature": 1 + 1j}, ValueError, ["temperature"]),
 ]
 
 
@@ -47,7 +67,8 @@ def _readonly_out():
 @pytest.mark.parametrize("args, kwargs, exc, words", BAD_CALLS)
 def test_bad_calls(func_name, args, kwargs, exc, words):
     if func_name == "logsumexp" and "out" in kwargs and np.shape(kwargs["out"]) == (2, 3):
-        kwargs = dict(kwargs, out=np.zeros(2, np.float32))
+        # the same mistake with logsumexp's result shape
+        kwargs = dict(kwargs, out=np.zeros(2, kwargs["out"].dtype))
     with pytest.raises(exc) as info:
         FUNCTIONS[func_name][0](*args, **kwargs)
     message = str(info.value)
