@@ -9,8 +9,11 @@ Kernels compile on first use (and are cached on disk), so importing is cheap.
 
 from . import reference
 from .api import log_softmax, logsumexp, softmax, warmup
+from .gradients import cross_entropy, log_softmax_backward, softmax_backward
 from .parallel import threads
 
 __version__ = "0.1.0"
-__all__ = ["softmax", "log_softmax", "logsumexp", "warmup", "threads", "reference",
-           "__version__"]
+__all__ = [
+    "softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
+    "cross_entropy", "warmup", "threads", "reference", "__version__",
+]

@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def bench_cases(args) -> list:
     """The cases an argument namespace asks for (ValueError on a bad list)."""
-    functions = (bench.parse_choices(args.functions, peers.FUNCTIONS, "function")
-                 if args.functions else list(peers.FUNCTIONS))
+    if args.functions:
+        functions = bench.parse_choices(args.functions, peers.FUNCTIONS, "function")
+    else:
+        functions = list(bench.QUICK_FUNCTIONS if args.quick else peers.FUNCTIONS)
     if args.shapes:
         shapes = bench.parse_shapes(args.shapes)
     else:

@@ -66,8 +66,9 @@ def normalize_axis(axis, ndim: int, func: str):
     return axis % ndim
 
 
-def normalize_temperature(temperature, func: str) -> float:
-    """Return 1/temperature after checking it is a positive finite number."""
+def normalize_temperature(temperature, func: str, dtype=_FLOAT64) -> float:
+    """Return 1/temperature after checking it is a positive finite number whose reciprocal
+    is finite in ``dtype`` (the kernels multiply by 1/temperature)."""
     if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
         raise ValueError(
             f"{func}: temperature must be a positive finite number, got {temperature!r}")
@@ -75,6 +76,10 @@ def normalize_temperature(temperature, func: str) -> float:
     if not (t > 0.0 and math.isfinite(t)):
         raise ValueError(
             f"{func}: temperature must be a positive finite number, got {temperature!r}")
+    with np.errstate(over="ignore", divide="ignore"):
+        if not np.isfinite(np.dtype(dtype).type(1.0 / t if t >= 1e-308 else np.inf)):
+            raise ValueError(f"{func}: temperature {temperature!r} is too small for "
+                             f"{np.dtype(dtype)}: 1/temperature overflows")
     return 1.0 / t
 
 
@@ -232,7 +237,7 @@ def prepare(func: str, x, axis, where, out, dtype, *, temperature=1.0, reduce=Fa
         raise ValueError(
             f"{func}: x must have at least one dimension, got a 0-d array (a scalar)")
     axis = normalize_axis(axis, x_arr.ndim, func)
-    inv_t = normalize_temperature(temperature, func)
+    inv_t = normalize_temperature(temperature, func, compute_dtype)
 
     x_moved = _move_axis_last(x_arr, axis)
     n_cols = x_moved.shape[-1]

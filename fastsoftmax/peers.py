@@ -15,7 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-FUNCTIONS = ("softmax", "log_softmax", "logsumexp")
+FUNCTIONS = ("softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_grad")
+# Functions that only read their input (their floor is the read-only roofline).
+READ_ONLY = ("logsumexp", "cross_entropy")
 OURS = ("fastsoftmax", "fastsoftmax out=")
 PEERS = ("reference", "scipy", "torch", "jax")
 
@@ -30,21 +32,44 @@ def installed_peers() -> list[str]:
     return [name for name in PEERS if is_installed(name)]
 
 
+def targets_for(x: np.ndarray) -> np.ndarray:
+    """Class indices for benchmarking the cross-entropy on logits ``x`` (fixed seed)."""
+    return np.random.default_rng(1).integers(0, x.shape[-1], x.size // x.shape[-1])
+
+
 def result_bytes(function: str, x: np.ndarray) -> int:
     """Bytes one call moves at least: the input read once and the result written once."""
-    if function == "logsumexp":
+    if function == "cross_entropy":
+        return x.nbytes
+    if function in READ_ONLY:
         return x.nbytes + (x.size // max(x.shape[-1], 1)) * x.itemsize
     return 2 * x.nbytes
 
 
+def _ours(module, function, x):
+    if function == "cross_entropy":
+        t = targets_for(x)
+        return lambda: module.cross_entropy(x, t)
+    if function == "cross_entropy_grad":
+        t = targets_for(x)
+        return lambda: module.cross_entropy(x, t, return_grad=True)
+    fn = getattr(module, function)
+    return lambda: fn(x)
+
+
 def _fastsoftmax(function, x):
     import fastsoftmax
-    fn = getattr(fastsoftmax, function)
-    return lambda: fn(x)
+    return _ours(fastsoftmax, function, x)
 
 
 def _fastsoftmax_out(function, x):
     import fastsoftmax
+    if function == "cross_entropy":
+        raise NotImplementedError("the loss alone has no out= variant")
+    if function == "cross_entropy_grad":
+        t = targets_for(x)
+        grad = np.empty_like(x)
+        return lambda: fastsoftmax.cross_entropy(x, t, grad_out=grad)
     fn = getattr(fastsoftmax, function)
     out = np.empty(x.shape[:-1] if function == "logsumexp" else x.shape, x.dtype)
     return lambda: fn(x, out=out)
@@ -52,11 +77,12 @@ def _fastsoftmax_out(function, x):
 
 def _reference(function, x):
     from fastsoftmax import reference
-    fn = getattr(reference, function)
-    return lambda: fn(x)
+    return _ours(reference, function, x)
 
 
 def _scipy(function, x):
+    if function.startswith("cross_entropy"):
+        raise NotImplementedError("SciPy has no cross-entropy")
     from scipy import special
     fn = getattr(special, function)
     return lambda: fn(x, axis=-1)
@@ -65,12 +91,27 @@ def _scipy(function, x):
 def _torch(function, x):
     import torch
     tensor = torch.from_numpy(x)
+    if function.startswith("cross_entropy"):
+        import torch.nn.functional as F
+        targets = torch.from_numpy(targets_for(x))
+        if function == "cross_entropy":
+            return lambda: F.cross_entropy(tensor, targets)
+        leaf = tensor.clone().requires_grad_(True)
+
+        def forward_backward():  # what a training step does: loss, then backward
+            leaf.grad = None
+            loss = F.cross_entropy(leaf, targets)
+            loss.backward()
+            return leaf.grad
+        return forward_backward
     fn = {"softmax": torch.softmax, "log_softmax": torch.log_softmax,
           "logsumexp": torch.logsumexp}[function]
     return lambda: fn(tensor, -1)
 
 
 def _jax(function, x):
+    if function.startswith("cross_entropy"):
+        raise NotImplementedError("no JAX cross-entropy peer yet")
     import jax
     import jax.numpy as jnp
     if x.dtype == np.float64:

@@ -126,3 +126,12 @@ def _run_split_passes(op: str, b, parallel: bool, inv_t) -> None:
             lse = np.where(finite, maxima.astype(np.float64) + np.log(np.where(finite, sums, 1)),
                            maxima)
             b.out[:n_rows * b.out_stride:b.out_stride] = lse
+
+
+def launch(kernel_pair, n_rows: int, n_cols: int, *args) -> None:
+    """Run any row kernel, serial or parallel as the plan decides for ``n_rows`` x ``n_cols``."""
+    if use_parallel(n_rows, n_cols):
+        with launch_guard():
+            kernel_pair.parallel(*args)
+    else:
+        kernel_pair.serial(*args)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["softmax", "log_softmax", "logsumexp", "result_dtype"]
+__all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
+           "cross_entropy", "result_dtype"]
 
 
 def result_dtype(x_dtype, dtype=None) -> np.dtype:
@@ -88,3 +89,66 @@ def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
         result = result.astype(out_dtype)
         return result[()] if result.ndim == 0 else result
     return _deliver(result, out, out_dtype)
+
+
+def softmax_backward(grad, y, axis=-1, *, out=None):
+    """Reference gradient through softmax: ``y * (grad - sum(grad * y))``."""
+    g = np.asarray(grad, dtype=np.float64)
+    y64 = np.asarray(y, dtype=np.float64)
+    result = y64 * (g - np.sum(g * y64, axis=axis, keepdims=True))
+    return _deliver(result, out, result_dtype(np.result_type(np.asarray(grad), np.asarray(y))))
+
+
+def log_softmax_backward(grad, logp, axis=-1, *, out=None):
+    """Reference gradient through log_softmax: ``grad - exp(logp) * sum(grad)``."""
+    g = np.asarray(grad, dtype=np.float64)
+    lp = np.asarray(logp, dtype=np.float64)
+    result = g - np.exp(lp) * np.sum(g, axis=axis, keepdims=True)
+    return _deliver(result, out,
+                    result_dtype(np.result_type(np.asarray(grad), np.asarray(logp))))
+
+
+def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, reduction="mean",
+                  temperature=1.0, return_grad=False, grad_out=None):
+    """Reference cross-entropy (PyTorch semantics) and its gradient, in float64.
+
+    Per row: ``loss = (1 - eps) * (lse(z) - z[t]) + eps * (lse(z) - mean(z))`` with
+    ``z = logits / temperature``; gradient ``(softmax(z) - (1 - eps) * onehot(t) - eps / C)
+    / temperature``, times 1 / (rows not ignored) for "mean".
+    """
+    x = np.asarray(logits)
+    out_dtype = result_dtype(x.dtype)
+    z = np.atleast_2d(x.astype(np.float64)) / float(temperature)
+    t = np.atleast_1d(np.asarray(targets)).astype(np.int64)
+    n_rows, n_classes = z.shape
+    kept = t != ignore_index
+    safe_t = np.where(kept, t, 0)
+    eps = float(label_smoothing)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        lse = logsumexp(z, axis=-1)
+        picked = z[np.arange(n_rows), safe_t]
+        per_row = (1 - eps) * (lse - picked)
+        if eps:
+            per_row = per_row + eps * (lse - z.mean(axis=-1))
+        per_row = np.where(kept, per_row, 0.0)
+        count = int(kept.sum())
+        if reduction == "none":
+            loss = per_row.astype(out_dtype)
+            loss = loss[0] if x.ndim == 1 else loss
+            scale = 1.0
+        elif reduction == "sum":
+            loss, scale = out_dtype.type(per_row.sum()), 1.0
+        else:
+            loss = out_dtype.type(per_row.sum() / count if count else np.nan)
+            scale = 1.0 / count if count else 0.0
+        if not (return_grad or grad_out is not None):
+            return loss
+        target_dist = np.full(z.shape, eps / n_classes)
+        target_dist[np.arange(n_rows), safe_t] += 1 - eps
+        grad = (softmax(z, axis=-1) - target_dist) * (scale / float(temperature))
+        grad[~kept] = 0.0
+    grad = grad.reshape(x.shape)
+    if grad_out is not None:
+        grad_out[...] = grad
+        return loss, grad_out
+    return loss, grad.astype(out_dtype)

@@ -55,6 +55,8 @@ ELEMENTWISE_BAD_CALLS = [
     ((x2,), {"temperature": None}, ValueError, ["temperature"]),
     ((x2,), {"temperature": True}, ValueError, ["temperature"]),
     ((x2,), {"temperature": 1 + 1j}, ValueError, ["temperature"]),
+    ((x2,), {"temperature": 1e-310}, ValueError, ["temperature", "too small"]),
+    ((x2.astype(np.float32),), {"temperature": 1e-39}, ValueError, ["temperature", "float32"]),
 ]
 
 

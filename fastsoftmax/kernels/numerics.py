@@ -366,3 +366,54 @@ def shift_store(row, sel, m, inv_t, log_sum, dst):
         for j in range(row.size):
             v = scaled(row[j] - m, inv_t) - log_sum
             dst[j] = v if sel[j] else neg_inf
+
+
+# --- building blocks of the gradients and the cross-entropy ------------------------------------
+
+@reduction
+def _block_dot(a, b):
+    acc = cast_like(a, 0.0)
+    for j in range(a.size):
+        acc += a[j] * b[j]
+    return acc
+
+
+@building_block
+def row_dot(a, b):
+    """sum(a * b) of two rows, block-wise in the row dtype, totals in float64."""
+    total = 0.0
+    for start in range(0, a.size, BLOCK):
+        stop = min(start + BLOCK, a.size)
+        total += np.float64(_block_dot(a[start:stop], b[start:stop]))
+    return total
+
+
+@building_block
+def row_sum(a):
+    """sum(a), block-wise in the row dtype, totals in float64."""
+    total = 0.0
+    for start in range(0, a.size, BLOCK):
+        stop = min(start + BLOCK, a.size)
+        total += np.float64(_block_sum(a[start:stop]))
+    return total
+
+
+@building_block
+def softmax_grad_store(g, y, dot, dst):
+    """dst = y * (g - dot): the softmax backward pass."""
+    for j in range(g.size):
+        dst[j] = y[j] * (g[j] - dot)
+
+
+@building_block
+def log_softmax_grad_store(g, logp, total, dst):
+    """dst = g - exp(logp) * total: the log_softmax backward pass (logp <= 0)."""
+    for j in range(g.size):
+        dst[j] = g[j] - exp(logp[j]) * total
+
+
+@building_block
+def cross_entropy_grad_store(row, m, inv_t, inv_sum, scale, smooth, dst):
+    """dst = scale * (softmax(row * inv_t) - smooth) (the target's term is added apart)."""
+    for j in range(row.size):
+        dst[j] = scale * (exp_shifted(row[j], m, inv_t) * inv_sum - smooth)
