@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install install-torch test test-slow coverage bench bench-full clean
+.PHONY: help install install-torch test test-slow coverage bench bench-full bench-dask clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ bench-full: install ## timed pytest-benchmark suite on every SPEC shape; JSON sa
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-autosave \
 		--benchmark-storage=.benchmarks --benchmark-columns=min,median,rounds \
 		--benchmark-group-by=group --benchmark-sort=min
+
+bench-dask: install ## fastsoftmax.dask on a 2-worker LocalCluster vs in memory (8192x128256)
+	$(BIN)/python benchmarks/bench_dask.py
 
 clean: ## remove the environment, caches and build files
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks build dist *.egg-info
