@@ -12,6 +12,9 @@ import pytest
 
 import fastsoftmax
 
+# Without the JIT (make coverage) the graphs here would run kernels as Python for minutes.
+pytestmark = pytest.mark.large
+
 da = pytest.importorskip("dask.array")
 fsd = pytest.importorskip("fastsoftmax.dask")
 
@@ -108,7 +111,6 @@ def test_errors():
         fsd.softmax(da.zeros(3, dtype=complex))
 
 
-@pytest.mark.large
 def test_local_cluster_survives_a_killed_worker():
     distributed = pytest.importorskip("distributed")
     rng = np.random.default_rng(44)

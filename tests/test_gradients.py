@@ -12,6 +12,9 @@ import pytest
 import fastsoftmax
 from fastsoftmax import reference
 
+# Without the JIT (make coverage) these inputs would take minutes as Python.
+pytestmark = pytest.mark.large
+
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-11, atol=1e-13)}
 

@@ -12,7 +12,8 @@ from numba import prange
 
 from .jit import building_block, kernel_pair
 from .numerics import (cast_like, cross_entropy_grad_store, log_softmax_grad_store, next_row,
-                       row_dot, row_max, row_or, row_sum, softmax_grad_store, sum_exp)
+                       row_dot, row_max, row_of, row_or, row_sum, softmax_grad_store,
+                       sum_exp)
 
 
 @kernel_pair
@@ -82,5 +83,5 @@ def cross_entropy_grad_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, 
         factor = scale * inv_t
         cross_entropy_grad_store(row, m, cast_like(row, inv_t), cast_like(row, 1.0 / s),
                                  cast_like(row, factor), cast_like(row, smoothing / n_cols),
-                                 dst)
+                                 row_of(grad, r * grad_stride, n_cols))
         dst[target] -= cast_like(row, factor * (1.0 - smoothing))

@@ -184,6 +184,14 @@ def row_of(flat, start, n):
     return flat[start:start + n]
 
 
+def pick(sel, j, value, fallback):
+    """``value`` where element ``j`` is selected (always when ``sel`` is None), else
+    ``fallback``: one expression for masked and unmasked loops."""
+    if sel is None or sel[j]:
+        return value
+    return fallback
+
+
 def row_or(flat, start, n, default):
     """``flat[start:start + n]``, or ``default`` when ``flat`` is None (in place: the input
     row itself, so that LLVM sees one array and vectorises without a runtime overlap check)."""
@@ -207,6 +215,12 @@ if not numba.config.DISABLE_JIT:
         if isinstance(inv_t, types.NoneType):
             return lambda z, inv_t: z
         return lambda z, inv_t: z * inv_t
+
+    @overload(pick, jit_options=NUMBA_OPTIONS)
+    def _pick_overload(sel, j, value, fallback):
+        if isinstance(sel, types.NoneType):
+            return lambda sel, j, value, fallback: value
+        return lambda sel, j, value, fallback: value if sel[j] else fallback
 
     @overload(row_or, jit_options=NUMBA_OPTIONS)
     def _row_or_overload(flat, start, n, default):
@@ -270,16 +284,32 @@ def _block_sum_exp(block, sel, m, inv_t):
     return acc
 
 
+# Passes that may write in place come in two loops: into ``dst``, and over one array. With two
+# array arguments, LLVM guards a loop with an overlap check that fails when they are the same
+# memory and runs the scalar fallback (2-3x slower), so in-place calls must use the one-array
+# loop. ``dst`` None selects it; the choice is made when Numba types the call (a branch on
+# ``dst is None`` would still type the in-place loop, which fails for a read-only input).
+
 @building_block
+def _exp_into(block, sel, m, inv_t, dst):
+    zero = cast_like(block, 0.0)
+    for j in range(block.size):
+        dst[j] = pick(sel, j, exp_shifted(block[j], m, inv_t), zero)
+
+
+@building_block
+def _exp_in_place(block, sel, m, inv_t):
+    zero = cast_like(block, 0.0)
+    for j in range(block.size):
+        block[j] = pick(sel, j, exp_shifted(block[j], m, inv_t), zero)
+
+
 def _block_exp_store(block, sel, m, inv_t, dst):
-    if sel is None:
-        for j in range(block.size):
-            dst[j] = exp_shifted(block[j], m, inv_t)
+    """dst (or ``block``, for None) = exp((block - m) * inv_t), 0 where not selected."""
+    if dst is None:
+        _exp_in_place(block, sel, m, inv_t)
     else:
-        zero = cast_like(block, 0.0)
-        for j in range(block.size):
-            e = exp_shifted(block[j], m, inv_t)
-            dst[j] = e if sel[j] else zero
+        _exp_into(block, sel, m, inv_t, dst)
 
 
 @reduction
@@ -328,13 +358,16 @@ def sum_exp(row, sel, m, inv_t, ahead):
 def exp_store_sum(row, sel, m, inv_t, dst, ahead):
     """dst = exp((row - m) * inv_t) (0 where not selected); returns sum(dst) as float64.
 
-    ``ahead``: the next row, prefetched meanwhile (see :func:`sum_exp`)."""
+    ``dst`` None: in place, into ``row``. ``ahead``: the next row, prefetched meanwhile (see
+    :func:`sum_exp`)."""
     total = 0.0
     for start in range(0, row.size, BLOCK):
         stop = min(start + BLOCK, row.size)
         prefetch_lines(ahead[start:stop])
-        out = dst[start:stop]
-        _block_exp_store(row[start:stop], row_of(sel, start, stop - start), m, inv_t, out)
+        block = row[start:stop]
+        _block_exp_store(block, row_of(sel, start, stop - start), m, inv_t,
+                         row_of(dst, start, stop - start))
+        out = row_or(dst, start, stop - start, block)
         # Summed in a loop of its own over the block just written (still in L1): a loop that
         # only reads compiles to the same SIMD reduction in every caller, whereas one that
         # also stores is vectorised differently with and without aliasing (in place, serial,
@@ -356,16 +389,26 @@ def scale_store(dst, sel, factor):
 
 
 @building_block
+def _shift_into(row, sel, m, inv_t, log_sum, dst):
+    neg_inf = cast_like(row, -np.inf)
+    for j in range(row.size):
+        dst[j] = pick(sel, j, scaled(row[j] - m, inv_t) - log_sum, neg_inf)
+
+
+@building_block
+def _shift_in_place(row, sel, m, inv_t, log_sum):
+    neg_inf = cast_like(row, -np.inf)
+    for j in range(row.size):
+        row[j] = pick(sel, j, scaled(row[j] - m, inv_t) - log_sum, neg_inf)
+
+
 def shift_store(row, sel, m, inv_t, log_sum, dst):
-    """dst = (row - m) * inv_t - log_sum (-inf where not selected): the log_softmax pass."""
-    if sel is None:
-        for j in range(row.size):
-            dst[j] = scaled(row[j] - m, inv_t) - log_sum
+    """dst (or ``row``, for None) = (row - m) * inv_t - log_sum, -inf where not selected:
+    the log_softmax pass."""
+    if dst is None:
+        _shift_in_place(row, sel, m, inv_t, log_sum)
     else:
-        neg_inf = cast_like(row, -np.inf)
-        for j in range(row.size):
-            v = scaled(row[j] - m, inv_t) - log_sum
-            dst[j] = v if sel[j] else neg_inf
+        _shift_into(row, sel, m, inv_t, log_sum, dst)
 
 
 # --- building blocks of the gradients and the cross-entropy ------------------------------------
@@ -413,7 +456,46 @@ def log_softmax_grad_store(g, logp, total, dst):
 
 
 @building_block
-def cross_entropy_grad_store(row, m, inv_t, inv_sum, scale, smooth, dst):
-    """dst = scale * (softmax(row * inv_t) - smooth) (the target's term is added apart)."""
+def _ce_grad_into(row, m, inv_t, inv_sum, scale, smooth, dst):
     for j in range(row.size):
         dst[j] = scale * (exp_shifted(row[j], m, inv_t) * inv_sum - smooth)
+
+
+@building_block
+def _ce_grad_in_place(row, m, inv_t, inv_sum, scale, smooth):
+    for j in range(row.size):
+        row[j] = scale * (exp_shifted(row[j], m, inv_t) * inv_sum - smooth)
+
+
+def cross_entropy_grad_store(row, m, inv_t, inv_sum, scale, smooth, dst):
+    """dst (or ``row``, for None) = scale * (softmax(row * inv_t) - smooth); the target's
+    term is added apart."""
+    if dst is None:
+        _ce_grad_in_place(row, m, inv_t, inv_sum, scale, smooth)
+    else:
+        _ce_grad_into(row, m, inv_t, inv_sum, scale, smooth, dst)
+
+
+if not numba.config.DISABLE_JIT:
+
+    @overload(_block_exp_store, jit_options=NUMBA_OPTIONS)
+    def _block_exp_store_overload(block, sel, m, inv_t, dst):
+        if isinstance(dst, types.NoneType):
+            return lambda block, sel, m, inv_t, dst: _exp_in_place(block, sel, m, inv_t)
+        return lambda block, sel, m, inv_t, dst: _exp_into(block, sel, m, inv_t, dst)
+
+    @overload(shift_store, jit_options=NUMBA_OPTIONS)
+    def _shift_store_overload(row, sel, m, inv_t, log_sum, dst):
+        if isinstance(dst, types.NoneType):
+            return lambda row, sel, m, inv_t, log_sum, dst: _shift_in_place(row, sel, m, inv_t,
+                                                                            log_sum)
+        return lambda row, sel, m, inv_t, log_sum, dst: _shift_into(row, sel, m, inv_t,
+                                                                    log_sum, dst)
+
+    @overload(cross_entropy_grad_store, jit_options=NUMBA_OPTIONS)
+    def _ce_grad_store_overload(row, m, inv_t, inv_sum, scale, smooth, dst):
+        if isinstance(dst, types.NoneType):
+            return (lambda row, m, inv_t, inv_sum, scale, smooth, dst:
+                    _ce_grad_in_place(row, m, inv_t, inv_sum, scale, smooth))
+        return (lambda row, m, inv_t, inv_sum, scale, smooth, dst:
+                _ce_grad_into(row, m, inv_t, inv_sum, scale, smooth, dst))

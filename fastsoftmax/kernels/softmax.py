@@ -33,7 +33,8 @@ def softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols
         dst = row_or(out, r * out_stride, n_cols, row)
         sel = row_of(mask, r * mask_stride, n_cols)
         m = row_max(row, sel)
-        s = exp_store_sum(row, sel, m, inv_t, dst, next_row(x, r, n_rows, x_stride, n_cols))
+        s = exp_store_sum(row, sel, m, inv_t, row_of(out, r * out_stride, n_cols),
+                          next_row(x, r, n_rows, x_stride, n_cols))
         scale_store(dst, sel, cast_like(dst, np.float64(1.0) / s))
 
 
@@ -42,11 +43,11 @@ def log_softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_
     """out[r] = log_softmax(x[r] * inv_t): max pass, sum-exp pass, shift pass."""
     for r in prange(n_rows):
         row = x[r * x_stride:r * x_stride + n_cols]
-        dst = row_or(out, r * out_stride, n_cols, row)
         sel = row_of(mask, r * mask_stride, n_cols)
         m = row_max(row, sel)
         s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols))
-        shift_store(row, sel, m, inv_t, cast_like(row, np.log(np.float64(s))), dst)
+        shift_store(row, sel, m, inv_t, cast_like(row, np.log(np.float64(s))),
+                    row_of(out, r * out_stride, n_cols))
 
 
 @kernel_pair
@@ -111,8 +112,7 @@ def split_exp_store_sum(x, x_stride, mask, mask_stride, out, out_stride, n_rows,
         src = x[r * x_stride + start:r * x_stride + stop]
         chunk_sum[k] = exp_store_sum(src, row_of(mask, r * mask_stride + start, stop - start),
                                      maxima[r], inv_t,
-                                     row_or(out, r * out_stride + start, stop - start, src),
-                                     x[:0])
+                                     row_of(out, r * out_stride + start, stop - start), x[:0])
 
 
 @kernel_pair
@@ -137,4 +137,4 @@ def split_shift(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols,
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
         src = x[r * x_stride + start:r * x_stride + stop]
         shift_store(src, row_of(mask, r * mask_stride + start, stop - start), maxima[r], inv_t,
-                    log_sums[r], row_or(out, r * out_stride + start, stop - start, src))
+                    log_sums[r], row_of(out, r * out_stride + start, stop - start))
