@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import plan
+from . import interop, plan
+from .interop import is_tensor
 from .parallel import parallel_available
 from .normalize import common_case, prepare
 
@@ -110,7 +111,7 @@ def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
     """
     result = _compute("logsumexp", x, axis, where, out, dtype, 1.0,
                       reduce=True, keepdims=keepdims)
-    if out is None and not result.ndim:
+    if out is None and isinstance(result, np.ndarray) and not result.ndim:
         return result[()]
     return result
 
@@ -124,10 +125,37 @@ def _compute(name, x, axis, where, out, dtype, temperature, reduce=False, keepdi
             x_flat, out_flat, n_rows, n_cols, result = rows
             plan.run_common(name, x_flat, out_flat, n_rows, n_cols, reduce)
             return result
+    if is_tensor(x) or is_tensor(out) or is_tensor(where):
+        return _compute_tensors(name, x, axis, where, out, dtype, temperature, reduce, keepdims)
     batch = prepare(name, x, axis, where, out, dtype, temperature=temperature, reduce=reduce,
                     keepdims=keepdims)
     plan.run(name, batch)
     return batch.finish()
+
+
+def _compute_tensors(name, x, axis, where, out, dtype, temperature, reduce, keepdims):
+    """:func:`_compute` for PyTorch tensors: NumPy views in, a tensor out (interop.py)."""
+    expected = interop.result_dtype(x, dtype)
+    bits = False
+    tensor_in = is_tensor(x)
+    if tensor_in:
+        # bfloat16 goes in as its bits unless float64 is asked for (then widened first)
+        bits_ok = dtype is None or np.dtype(dtype) == np.float32
+        x, bits = interop.tensor_to_numpy(x, name, "x", bits_ok=bits_ok)
+        bits = bits and bits_ok
+    if is_tensor(where):
+        where = interop.tensor_to_numpy(where, name, "where", bits_ok=False)[0]
+    out_tensor = out
+    if is_tensor(out):
+        interop.check_out_tensor(out, expected, name)
+        out = interop.tensor_to_numpy(out, name, "out", bits_ok=True)[0]
+    batch = prepare(name, x, axis, where, out, dtype, temperature=temperature, reduce=reduce,
+                    keepdims=keepdims, bfloat16_bits=bits)
+    plan.run(name, batch)
+    result = batch.finish()
+    if out_tensor is not None and result is out:
+        return out_tensor
+    return interop.to_tensor(result, False) if tensor_in else result
 
 
 def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "logsumexp")):

@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 
 from . import plan
+from .interop import accepts_tensors
 from .kernels.grad import (cross_entropy_grad_rows, cross_entropy_rows,
                            log_softmax_backward_rows, softmax_backward_rows)
 from .normalize import (_as_rows, _move_axis_back, _move_axis_last, normalize_axis,
@@ -54,6 +55,7 @@ def _backward(func, kernel, grad, saved, axis, out):
     return out
 
 
+@accepts_tensors("grad", "y", out_args=("out",))
 def softmax_backward(grad, y, axis=-1, *, out=None):
     """Gradient through softmax: ``y * (grad - sum(grad * y, axis))`` where ``y = softmax(x)``.
 
@@ -79,6 +81,7 @@ def softmax_backward(grad, y, axis=-1, *, out=None):
     return _backward("softmax_backward", softmax_backward_rows, grad, y, axis, out)
 
 
+@accepts_tensors("grad", "logp", out_args=("out",))
 def log_softmax_backward(grad, logp, axis=-1, *, out=None):
     """Gradient through log_softmax: ``grad - exp(logp) * sum(grad, axis)``.
 
@@ -114,6 +117,7 @@ def _check_targets(targets, n_rows, n_classes, ignore_index, one_row):
     return t
 
 
+@accepts_tensors("logits", "targets", out_args=("grad_out",))
 def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, reduction="mean",
                   temperature=1.0, return_grad=False, grad_out=None):
     """Cross-entropy of ``softmax(logits / temperature)`` against class indices, fused, with

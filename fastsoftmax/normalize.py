@@ -15,9 +15,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels.halfbits import BFLOAT16_BITS, FLOAT16_BITS
+
 COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
+
+
+def is_bfloat16(x_dtype: np.dtype) -> bool:
+    """True for ``ml_dtypes.bfloat16`` (recognised by name: ml_dtypes is not imported)."""
+    return x_dtype.kind == "V" and x_dtype.itemsize == 2 and x_dtype.name == "bfloat16"
+
+
+def half_bits_dtype(x_dtype: np.dtype):
+    """The integer view the half-precision kernels read ``x_dtype`` through (uint16 for
+    bfloat16, int16 for float16: kernels/halfbits.py), or None for other dtypes."""
+    if is_bfloat16(x_dtype):
+        return BFLOAT16_BITS
+    if x_dtype.kind == "f" and x_dtype.itemsize == 2:
+        return FLOAT16_BITS
+    return None
 
 
 def resolve_dtypes(x_dtype: np.dtype, dtype, func: str):
@@ -29,17 +46,17 @@ def resolve_dtypes(x_dtype: np.dtype, dtype, func: str):
             raise TypeError(f"{func}: dtype must be float32 or float64, got {dtype!r}") from exc
         if wanted not in COMPUTE_DTYPES:
             raise ValueError(f"{func}: dtype must be float32 or float64, got {wanted}")
-        if x_dtype.kind not in "biuf":
+        if x_dtype.kind not in "biuf" and not is_bfloat16(x_dtype):
             _check_input_kind(x_dtype, func)
         return wanted.newbyteorder("="), wanted.newbyteorder("=")
+    if half_bits_dtype(x_dtype) is not None:  # float16, bfloat16: computed in float32
+        return _FLOAT32, x_dtype.newbyteorder("=")
     _check_input_kind(x_dtype, func)
     if x_dtype.kind == "f":
         if x_dtype.itemsize == 4:
             return _FLOAT32, _FLOAT32
         if x_dtype.itemsize == 8:
             return _FLOAT64, _FLOAT64
-        if x_dtype.itemsize == 2:  # float16: computed in float32, returned as float16
-            return _FLOAT32, x_dtype.newbyteorder("=")
         raise TypeError(
             f"{func}: x has dtype {x_dtype}, which is not supported; "
             "convert it with x.astype(np.float64)")
@@ -175,6 +192,13 @@ def _as_rows(x_moved: np.ndarray, compute_dtype: np.dtype):
     return contiguous.reshape(-1), x_moved.shape[-1]
 
 
+def _bits_view(x_moved: np.ndarray, bits_dtype: np.dtype) -> np.ndarray:
+    """``x_moved`` (float16 or bfloat16, or already bits) seen as the integers of its bits."""
+    if not x_moved.dtype.isnative:
+        x_moved = x_moved.astype(x_moved.dtype.newbyteorder("="))
+    return x_moved.view(bits_dtype)
+
+
 def _as_mask_rows(where, x_shape, axis, func: str):
     mask = np.asarray(where)
     if mask.dtype != np.bool_:
@@ -219,11 +243,17 @@ def _writable_rows(out: np.ndarray, axis, reduce: bool, keepdims: bool):
 
 
 def prepare(func: str, x, axis, where, out, dtype, *, temperature=1.0, reduce=False,
-            keepdims=False) -> RowBatch:
+            keepdims=False, bfloat16_bits=False) -> RowBatch:
     """Validate the arguments of a public function and lay them out as rows.
 
     ``reduce=False``: the result has the shape of ``x`` (softmax, log_softmax).
     ``reduce=True``: one value per row (logsumexp), with ``keepdims`` as in NumPy.
+    ``bfloat16_bits=True``: ``x`` is a ``uint16`` array of bfloat16 bits (a PyTorch tensor
+    seen without ml_dtypes, :mod:`fastsoftmax.interop`); the result is bits too, unless
+    ``dtype`` is float32 (float64 must be converted by the caller).
+
+    float16 and bfloat16 input is read through an integer view of its bits and the result
+    written the same way (kernels/halfbits.py): no float32 copy of the input is made.
     """
     if isinstance(x, np.ndarray):
         x_arr = x
@@ -232,7 +262,17 @@ def prepare(func: str, x, axis, where, out, dtype, *, temperature=1.0, reduce=Fa
             x_arr = np.asarray(x)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{func}: x must be array-like, got {type(x).__name__}") from exc
-    compute_dtype, result_dtype = resolve_dtypes(x_arr.dtype, dtype, func)
+    if bfloat16_bits:
+        compute_dtype, bits_dtype = _FLOAT32, BFLOAT16_BITS
+        result_dtype = BFLOAT16_BITS if dtype is None else np.dtype(dtype)
+    else:
+        compute_dtype, result_dtype = resolve_dtypes(x_arr.dtype, dtype, func)
+        bits_dtype = half_bits_dtype(x_arr.dtype) if compute_dtype == _FLOAT32 else None
+    # What the kernel writes: the compute dtype, or a half-precision result as its bits.
+    if bits_dtype is not None and result_dtype.itemsize == 2:
+        kernel_dtype = bits_dtype
+    else:
+        kernel_dtype = compute_dtype
     if x_arr.ndim == 0:
         raise ValueError(
             f"{func}: x must have at least one dimension, got a 0-d array (a scalar)")
@@ -258,32 +298,40 @@ def prepare(func: str, x, axis, where, out, dtype, *, temperature=1.0, reduce=Fa
     else:
         mask, mask_stride = _as_mask_rows(where, x_arr.shape, axis, func)
 
-    x_flat, x_stride = _as_rows(x_moved, compute_dtype)
+    if bits_dtype is None:
+        x_flat, x_stride = _as_rows(x_moved, compute_dtype)
+    else:
+        x_flat, x_stride = _as_rows(_bits_view(x_moved, bits_dtype), bits_dtype)
 
-    # The kernel writes straight into ``out`` when its rows lie flat in memory, in the compute
+    # The kernel writes straight into ``out`` when its rows lie flat in memory, in the kernel's
     # dtype, and it is either apart from the input or exactly the input (in place).
-    if out is not None and result_dtype == compute_dtype:
-        rows = _writable_rows(out, axis, reduce, keepdims)
+    if out is not None and result_dtype.itemsize == kernel_dtype.itemsize:
+        rows = _writable_rows(out.view(kernel_dtype), axis, reduce, keepdims)
         layout = None if rows is None else row_layout(rows)
         if layout is not None and (layout[1] >= n_cols or n_rows <= 1):
             out_flat, out_stride = layout
             overlap = _overlap(out_flat, out_stride, x_flat, x_stride)
             if overlap == "same" and x_flat.flags.writeable and not reduce:
-                return RowBatch(x_flat, x_stride, mask, mask_stride, None, x_stride,
+                # float kernels take None for in place (one-array loops); the half ones
+                # widen each block before writing it, so they take the same buffer
+                in_place = None if bits_dtype is None else out_flat
+                return RowBatch(x_flat, x_stride, mask, mask_stride, in_place, x_stride,
                                 n_rows, n_cols, inv_t, out)
             if overlap == "none":
                 return RowBatch(x_flat, x_stride, mask, mask_stride, out_flat,
                                 max(out_stride, 1), n_rows, n_cols, inv_t, out)
 
     # Otherwise the kernel writes a fresh C-ordered buffer of rows.
-    buffer = np.empty(row_shape if reduce else x_moved.shape, compute_dtype)
+    buffer = np.empty(row_shape if reduce else x_moved.shape, kernel_dtype)
     out_flat = buffer.reshape(-1)
     out_stride = 1 if reduce else n_cols
     if reduce:
         shaped = buffer.reshape(result_shape)
     else:
         shaped = _move_axis_back(buffer, axis, x_arr.shape)
-    if out is None and result_dtype == compute_dtype:
+    if shaped.dtype != result_dtype and shaped.dtype.itemsize == result_dtype.itemsize:
+        shaped = shaped.view(result_dtype)  # half-precision bits as the caller's dtype
+    if out is None and result_dtype == shaped.dtype:
         return RowBatch(x_flat, x_stride, mask, mask_stride, out_flat, out_stride,
                         n_rows, n_cols, inv_t, shaped)
     result = np.empty(result_shape, result_dtype) if out is None else out

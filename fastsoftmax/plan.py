@@ -12,6 +12,8 @@ import numba
 import numpy as np
 
 from .parallel import launch_guard, parallel_available
+from .kernels import half as half_kernels
+from .kernels.halfbits import encode_block
 from .kernels import softmax as kernels
 
 # Below this many elements a call runs the serial build: waking the thread pool costs a few
@@ -29,6 +31,15 @@ ROW_KERNELS = {
     "log_softmax": kernels.log_softmax_rows,
     "logsumexp": kernels.logsumexp_rows,
 }
+# float16 and bfloat16 rows, read as the integers of their bits (kernels/half.py)
+HALF_ROW_KERNELS = {
+    "softmax": half_kernels.half_softmax_rows,
+    "log_softmax": half_kernels.half_log_softmax_rows,
+    "logsumexp": half_kernels.half_logsumexp_rows,
+}
+# Tasks per thread of the half-precision row kernels: each task allocates one float32 row
+# buffer for its group of rows; a few tasks per thread even out uneven progress.
+HALF_TASKS_PER_THREAD = 4
 
 
 def use_parallel(n_rows: int, n_cols: int) -> bool:
@@ -52,19 +63,22 @@ def run(op: str, batch, *, parallel=None, split=None) -> None:
         parallel = use_parallel(n_rows, n_cols)
     if split is None:
         split = parallel and use_split(n_rows, n_cols)
+    half = is_half(batch.x)
     # Temperature 1 is passed as None: the kernels are then compiled without the multiply.
-    inv_t = None if batch.inv_t == 1.0 else batch.x.dtype.type(batch.inv_t)
+    compute_type = np.float32 if half else batch.x.dtype.type
+    inv_t = None if batch.inv_t == 1.0 else compute_type(batch.inv_t)
     if split and n_rows and n_cols:
         _run_split(op, batch, parallel, inv_t)
         return
-    kernel = ROW_KERNELS[op]
-    if not parallel:
-        kernel.serial(batch.x, batch.x_stride, batch.mask, batch.mask_stride, batch.out,
-                      batch.out_stride, n_rows, n_cols, inv_t)
+    if half:
+        tasks = HALF_TASKS_PER_THREAD * numba.get_num_threads() if parallel else 1
+        group = max(1, -(-n_rows // tasks))
+        args = (batch.x, batch.x_stride, batch.mask, batch.mask_stride, batch.out,
+                batch.out_stride, n_rows, n_cols, inv_t, group)
+        launch_build(HALF_ROW_KERNELS[op], parallel, *args)
         return
-    with launch_guard():
-        kernel.parallel(batch.x, batch.x_stride, batch.mask, batch.mask_stride, batch.out,
-                        batch.out_stride, n_rows, n_cols, inv_t)
+    launch_build(ROW_KERNELS[op], parallel, batch.x, batch.x_stride, batch.mask,
+                 batch.mask_stride, batch.out, batch.out_stride, n_rows, n_cols, inv_t)
 
 
 def run_common(op: str, x_flat, out_flat, n_rows: int, n_cols: int, reduce: bool) -> None:
@@ -76,14 +90,8 @@ def run_common(op: str, x_flat, out_flat, n_rows: int, n_cols: int, reduce: bool
                          n_rows, n_cols, 1.0, None)
         run(op, batch, parallel=True, split=True)
         return
-    kernel = ROW_KERNELS[op]
-    if not parallel:
-        kernel.serial(x_flat, n_cols, None, 0, out_flat, 1 if reduce else n_cols, n_rows,
-                      n_cols, None)
-        return
-    with launch_guard():
-        kernel.parallel(x_flat, n_cols, None, 0, out_flat, 1 if reduce else n_cols, n_rows,
-                        n_cols, None)
+    launch_build(ROW_KERNELS[op], parallel, x_flat, n_cols, None, 0, out_flat,
+                 1 if reduce else n_cols, n_rows, n_cols, None)
 
 
 def _run_split(op: str, b, parallel: bool, inv_t) -> None:
@@ -92,7 +100,16 @@ def _run_split(op: str, b, parallel: bool, inv_t) -> None:
         _run_split_passes(op, b, parallel, inv_t)
 
 
+def is_half(x_flat: np.ndarray) -> bool:
+    """True when the rows are float16 or bfloat16 bits (integer views: normalize.py)."""
+    return x_flat.dtype.kind in "ui"
+
+
 def _run_split_passes(op: str, b, parallel: bool, inv_t) -> None:
+    if is_half(b.x):
+        _run_half_split_passes(op, b, parallel, inv_t)
+        return
+
     def build(kernel_pair):
         return kernel_pair.parallel if parallel else kernel_pair.serial
 
@@ -121,17 +138,62 @@ def _run_split_passes(op: str, b, parallel: bool, inv_t) -> None:
             build(kernels.split_shift)(b.x, b.x_stride, b.mask, b.mask_stride, b.out,
                                        b.out_stride, n_rows, n_cols, chunk, inv_t, maxima,
                                        np.log(sums).astype(dtype))
-        else:  # logsumexp: the max itself where it is not finite, as logsumexp_rows
-            finite = np.isfinite(maxima)
-            lse = np.where(finite, maxima.astype(np.float64) + np.log(np.where(finite, sums, 1)),
-                           maxima)
-            b.out[:n_rows * b.out_stride:b.out_stride] = lse
+        else:
+            _store_logsumexp(b, maxima, sums)
+
+
+def _run_half_split_passes(op: str, b, parallel: bool, inv_t) -> None:
+    """The split passes for half-precision rows: max, sum, then one pass that recomputes the
+    result from the input and rounds it once (kernels/half.py)."""
+    def build(kernel_pair):
+        return kernel_pair.parallel if parallel else kernel_pair.serial
+
+    n_rows, n_cols, chunk = b.n_rows, b.n_cols, SPLIT_CHUNK
+    n_chunks = math.ceil(n_cols / chunk)
+    chunk_max = np.empty(n_rows * n_chunks, np.float32)
+    build(half_kernels.half_split_max)(b.x, b.x_stride, b.mask, b.mask_stride, n_rows, n_cols,
+                                       chunk, chunk_max)
+    maxima = chunk_max.reshape(n_rows, n_chunks).max(axis=1)
+    chunk_sum = np.empty(n_rows * n_chunks)
+    build(half_kernels.half_split_sum_exp)(b.x, b.x_stride, b.mask, b.mask_stride, n_rows,
+                                           n_cols, chunk, inv_t, maxima, chunk_sum)
+    sums = chunk_sum.reshape(n_rows, n_chunks).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if op == "softmax":
+            build(half_kernels.half_split_softmax_store)(
+                b.x, b.x_stride, b.mask, b.mask_stride, b.out, b.out_stride, n_rows, n_cols,
+                chunk, inv_t, maxima, (1.0 / sums).astype(np.float32))
+        elif op == "log_softmax":
+            build(half_kernels.half_split_shift)(
+                b.x, b.x_stride, b.mask, b.mask_stride, b.out, b.out_stride, n_rows, n_cols,
+                chunk, inv_t, maxima, np.log(sums).astype(np.float32))
+        else:
+            _store_logsumexp(b, maxima, sums)
+
+
+def _store_logsumexp(b, maxima, sums) -> None:
+    """logsumexp from per-row maxima and sums: the max itself where it is not finite (as
+    logsumexp_rows), written in the format of ``b.out`` (float, or half-precision bits)."""
+    finite = np.isfinite(maxima)
+    lse = np.where(finite, maxima.astype(np.float64) + np.log(np.where(finite, sums, 1)),
+                   maxima)
+    dst = b.out[:b.n_rows * b.out_stride:b.out_stride]
+    if is_half(b.out):
+        with np.errstate(over="ignore", invalid="ignore"):  # a few values (few rows): in Python
+            encode_block(lse.astype(np.float32), dst)
+    else:
+        dst[...] = lse
+
+
+def launch_build(kernel_pair, parallel: bool, *args) -> None:
+    """Run the serial or the parallel build of a kernel (the latter under the launch guard)."""
+    if not parallel:
+        kernel_pair.serial(*args)
+        return
+    with launch_guard():
+        kernel_pair.parallel(*args)
 
 
 def launch(kernel_pair, n_rows: int, n_cols: int, *args) -> None:
     """Run any row kernel, serial or parallel as the plan decides for ``n_rows`` x ``n_cols``."""
-    if use_parallel(n_rows, n_cols):
-        with launch_guard():
-            kernel_pair.parallel(*args)
-    else:
-        kernel_pair.serial(*args)
+    launch_build(kernel_pair, use_parallel(n_rows, n_cols), *args)
