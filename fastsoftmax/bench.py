@@ -27,6 +27,8 @@ from . import peers, plan
 QUICK_FUNCTIONS = ("softmax", "log_softmax", "logsumexp")
 QUICK_SHAPES = ((1, 1000), (1024, 1000), (16, 262144), (2048, 32000))
 QUICK_DTYPES = ("float32",)
+# with --quick: also an LLM-sized bfloat16 batch (a PyTorch tensor when torch is installed)
+QUICK_HALF_CASES = (("softmax", (256, 128256), "bfloat16"),)
 FULL_SHAPES = ((1, 1000), (1024, 1000), (65536, 128), (16, 262144), (1, 4194304),
                (2048, 32000), (256, 128256))
 # A timed round of a fast call repeats it until the round lasts at least this long, so that
@@ -114,6 +116,8 @@ def measure_roofline(function: str, x: np.ndarray, repeat: int) -> float:
     """GB/s of the simplest pass over the same bytes: scale-and-copy, or a read-only sum."""
     from .kernels.roofline import scale_copy, sum_all
     flat = x.reshape(-1)
+    if peers.is_half(flat):  # Numba cannot type float16/bfloat16: the same bytes as integers
+        flat = flat.view(np.uint16)
     parallel = plan.use_parallel(x.size // x.shape[-1], x.shape[-1])
     if function in peers.READ_ONLY:
         kernel = sum_all.build(parallel)
@@ -122,7 +126,7 @@ def measure_roofline(function: str, x: np.ndarray, repeat: int) -> float:
     else:
         kernel = scale_copy.build(parallel)
         dst = np.empty_like(flat)
-        factor = flat.dtype.type(0.5)
+        factor = flat.dtype.type(0.5 if flat.dtype.kind == "f" else 3)
         fn = lambda: kernel(flat, dst, factor)  # noqa: E731
         nbytes = 2 * flat.nbytes
     calls, _ = _calibrate(fn)
@@ -137,7 +141,8 @@ def run_case(case: Case, implementations, repeat: int, seed: int = 0,
     """Time every implementation on one case. An implementation slower than ``budget_s`` per
     ``repeat`` calls (the NumPy reference on big arrays) gets fewer rounds, at least 3."""
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(case.shape) * 3).astype(case.dtype)
+    x = (rng.standard_normal(case.shape, dtype=np.float32) * 3).astype(
+        peers.numpy_dtype(case.dtype))
     nbytes = peers.result_bytes(case.function, x)
     result = CaseResult(case.function, case.shape, case.dtype, nbytes,
                         measure_roofline(case.function, x, repeat))

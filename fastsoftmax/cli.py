@@ -7,7 +7,8 @@ import json
 
 from . import bench, peers
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+DEFAULT_DTYPES = ("float32", "float64")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated ROWSxCOLS, e.g. 2048x32000,1x1000 (default: SPEC §5 "
                         "shapes; with --quick a subset)")
     b.add_argument("--dtypes", default=None,
-                   help="comma-separated, from float32,float64 (default: both; --quick: float32)")
+                   help="comma-separated, from float32,float64,float16,bfloat16 (bfloat16 "
+                        "needs ml_dtypes; default: float32,float64; --quick: float32 and one "
+                        "bfloat16 case)")
     b.add_argument("--peers", default=None,
-                   help="comma-separated, from reference,scipy,torch,jax (default: installed)")
+                   help="comma-separated, from reference,scipy,torch,jax,via-float32 "
+                        "(default: installed; via-float32 runs for float16/bfloat16 only)")
     b.add_argument("--repeat", type=int, default=None,
                    help="timed rounds per implementation and case (default 7, --quick 5)")
     b.add_argument("--quick", action="store_true",
@@ -66,9 +70,23 @@ def bench_cases(args) -> list:
         shapes = list(bench.QUICK_SHAPES if args.quick else bench.FULL_SHAPES)
     if args.dtypes:
         dtypes = bench.parse_choices(args.dtypes, DTYPES, "dtype")
+        for name in dtypes:
+            peers.numpy_dtype(name)  # ValueError when bfloat16 lacks ml_dtypes
     else:
-        dtypes = list(bench.QUICK_DTYPES if args.quick else DTYPES)
-    return [bench.Case(f, s, d) for d in dtypes for f in functions for s in shapes]
+        dtypes = list(bench.QUICK_DTYPES if args.quick else DEFAULT_DTYPES)
+    cases = [bench.Case(f, s, d) for d in dtypes for f in functions for s in shapes]
+    if args.quick and not (args.functions or args.shapes or args.dtypes):
+        cases += [bench.Case(*case) for case in bench.QUICK_HALF_CASES
+                  if _half_dtype_available(case[2])]
+    return cases
+
+
+def _half_dtype_available(name: str) -> bool:
+    try:
+        peers.numpy_dtype(name)
+    except ValueError:
+        return False
+    return True
 
 
 def bench_implementations(args) -> list:

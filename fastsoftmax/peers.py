@@ -19,12 +19,40 @@ FUNCTIONS = ("softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entr
 # Functions that only read their input (their floor is the read-only roofline).
 READ_ONLY = ("logsumexp", "cross_entropy")
 OURS = ("fastsoftmax", "fastsoftmax out=")
-PEERS = ("reference", "scipy", "torch", "jax")
+# "via-float32": for float16/bfloat16 input, the conversion a user would otherwise write
+# first (``x.float()`` on a tensor, ``x.astype(np.float32)`` on an array), then fastsoftmax.
+PEERS = ("reference", "scipy", "torch", "jax", "via-float32")
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a benchmark dtype name (bfloat16 comes from ml_dtypes)."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ValueError("dtype bfloat16 needs ml_dtypes: pip install 'fastsoftmax[bf16]'")
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def is_half(x: np.ndarray) -> bool:
+    return x.dtype.itemsize == 2 and x.dtype.kind in "fV"
+
+
+def as_tensor(x: np.ndarray):
+    """A torch tensor over ``x``'s memory (bfloat16 through its bits)."""
+    import torch
+    if x.dtype.kind == "V":  # ml_dtypes.bfloat16
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)
 
 
 def is_installed(name: str) -> bool:
     """True when implementation ``name`` can run here (its library imports)."""
     module = {"scipy": "scipy", "torch": "torch", "jax": "jax"}.get(name)
+    if name == "via-float32":
+        return True
     return module is None or importlib.util.find_spec(module) is not None
 
 
@@ -47,23 +75,36 @@ def result_bytes(function: str, x: np.ndarray) -> int:
 
 
 def _ours(module, function, x):
-    if function == "cross_entropy":
-        t = targets_for(x)
-        return lambda: module.cross_entropy(x, t)
-    if function == "cross_entropy_grad":
-        t = targets_for(x)
-        return lambda: module.cross_entropy(x, t, return_grad=True)
+    make = x.make if isinstance(x, _Deferred) else lambda: x
+    if function.startswith("cross_entropy"):
+        t = targets_for(make())
+        if function == "cross_entropy":
+            return lambda: module.cross_entropy(make(), t)
+        return lambda: module.cross_entropy(make(), t, return_grad=True)
     fn = getattr(module, function)
-    return lambda: fn(x)
+    return lambda: fn(make())
 
 
 def _fastsoftmax(function, x):
     import fastsoftmax
+    if is_half(x) and is_installed("torch") and function in QUICK_TENSOR_FUNCTIONS:
+        # half-precision logits usually come as tensors: time the call a PyTorch user makes
+        return _ours(fastsoftmax, function, as_tensor(x))
     return _ours(fastsoftmax, function, x)
+
+
+QUICK_TENSOR_FUNCTIONS = ("softmax", "log_softmax", "logsumexp")
 
 
 def _fastsoftmax_out(function, x):
     import fastsoftmax
+    if is_half(x) and is_installed("torch") and function in QUICK_TENSOR_FUNCTIONS:
+        import torch
+        tensor = as_tensor(x)
+        out = torch.empty(tensor.shape[:-1] if function == "logsumexp" else tensor.shape,
+                          dtype=tensor.dtype)
+        fn = getattr(fastsoftmax, function)
+        return lambda: fn(tensor, out=out)
     if function == "cross_entropy":
         raise NotImplementedError("the loss alone has no out= variant")
     if function == "cross_entropy_grad":
@@ -80,9 +121,28 @@ def _reference(function, x):
     return _ours(reference, function, x)
 
 
+def _via_float32(function, x):
+    import fastsoftmax
+    if not is_half(x):
+        raise NotImplementedError("only for float16 and bfloat16 input")
+    if is_installed("torch"):
+        tensor = as_tensor(x)
+        return _ours(fastsoftmax, function, _Deferred(lambda: tensor.float()))
+    return _ours(fastsoftmax, function, _Deferred(lambda: x.astype(np.float32)))
+
+
+class _Deferred:
+    """An input made anew at every call (the conversion is part of what is timed)."""
+
+    def __init__(self, make):
+        self.make = make
+
+
 def _scipy(function, x):
     if function.startswith("cross_entropy"):
         raise NotImplementedError("SciPy has no cross-entropy")
+    if x.dtype.kind == "V":
+        raise NotImplementedError("SciPy does not take bfloat16")
     from scipy import special
     fn = getattr(special, function)
     return lambda: fn(x, axis=-1)
@@ -90,7 +150,7 @@ def _scipy(function, x):
 
 def _torch(function, x):
     import torch
-    tensor = torch.from_numpy(x)
+    tensor = as_tensor(x)
     if function.startswith("cross_entropy"):
         import torch.nn.functional as F
         targets = torch.from_numpy(targets_for(x))
@@ -129,6 +189,7 @@ PREPARERS: dict[str, Callable] = {
     "scipy": _scipy,
     "torch": _torch,
     "jax": _jax,
+    "via-float32": _via_float32,
 }
 
 

@@ -180,7 +180,7 @@ def _store_logsumexp(b, maxima, sums) -> None:
     dst = b.out[:b.n_rows * b.out_stride:b.out_stride]
     if is_half(b.out):
         with np.errstate(over="ignore", invalid="ignore"):  # a few values (few rows): in Python
-            encode_block(lse.astype(np.float32), dst)
+            encode_block(lse.astype(np.float32), None, None, dst)
     else:
         dst[...] = lse
 

@@ -25,6 +25,8 @@ def result_dtype(x_dtype, dtype=None) -> np.dtype:
     x_dtype = np.dtype(x_dtype)
     if x_dtype.kind == "f" and x_dtype.itemsize in (2, 4, 8):
         return x_dtype.newbyteorder("=")
+    if x_dtype.kind == "V" and x_dtype.name == "bfloat16":  # ml_dtypes.bfloat16
+        return x_dtype
     if x_dtype.kind in "biu":
         return np.dtype(np.float64)
     raise TypeError(f"unsupported dtype {x_dtype}")

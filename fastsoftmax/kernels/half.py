@@ -21,7 +21,7 @@ from numba import prange
 
 from .halfbits import decode_block, encode_block
 from .jit import building_block, kernel_pair
-from .numerics import (BLOCK, exp_store_sum, maximum, next_row, row_max, row_of, scale_store,
+from .numerics import (BLOCK, exp_store_sum, maximum, next_row, row_max, row_of,
                        shift_store, sum_exp)
 from .softmax import chunk_span
 
@@ -43,13 +43,11 @@ def widen_max(bits, sel, dst):
 
 @building_block
 def scale_narrow(row, sel, factor, dst):
-    """dst = row * factor (0 where not selected), rounded to the format of ``dst``;
-    ``row`` (float32) is scaled in place on the way."""
+    """dst = row * factor (0 where not selected), rounded to the format of ``dst``."""
     for start in range(0, row.size, BLOCK):
         stop = min(start + BLOCK, row.size)
-        block = row[start:stop]
-        scale_store(block, row_of(sel, start, stop - start), factor)
-        encode_block(block, dst[start:stop])
+        encode_block(row[start:stop], row_of(sel, start, stop - start), factor,
+                     dst[start:stop])
 
 
 @building_block
@@ -60,14 +58,14 @@ def shift_narrow(row, sel, m, inv_t, log_sum, dst):
         stop = min(start + BLOCK, row.size)
         block = row[start:stop]
         shift_store(block, row_of(sel, start, stop - start), m, inv_t, log_sum, None)
-        encode_block(block, dst[start:stop])
+        encode_block(block, None, None, dst[start:stop])
 
 
 @building_block
 def store_value(value, buf, dst):
     """dst[0] = ``value`` (float64) in the format of ``dst``; ``buf``: float32 scratch."""
     buf[0] = np.float32(value)
-    encode_block(buf[:1], dst[:1])
+    encode_block(buf[:1], None, None, dst[:1])
 
 
 @kernel_pair

@@ -1,0 +1,189 @@
+"""PyTorch tensors and JAX arrays in and out (skipped where torch or jax is not installed), and
+the promise that neither is imported unless the caller passes one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastsoftmax
+from fastsoftmax import interop, reference
+
+from .helpers import FUNCTIONS
+
+
+def test_optional_libraries_are_not_imported_for_numpy_input():
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import fastsoftmax
+        x = np.ones((3, 5), np.float16)
+        fastsoftmax.softmax(x); fastsoftmax.logsumexp(x.astype(np.float32))
+        fastsoftmax.cross_entropy(np.ones((2, 4)), np.array([0, 1]))
+        print(sorted(m for m in ("torch", "jax", "ml_dtypes") if m in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=300)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --- PyTorch -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+TORCH_DTYPES = ["float32", "float64", "float16", "bfloat16"]
+
+
+def _tolerance(dtype_name):
+    return {"float32": 2e-6, "float64": 1e-12, "float16": 1e-3, "bfloat16": 8e-3}[dtype_name]
+
+
+@pytest.mark.parametrize("dtype_name", TORCH_DTYPES)
+def test_torch_round_trip(torch, func_name, dtype_name):
+    dtype = getattr(torch, dtype_name)
+    x = (torch.randn(6, 300, generator=torch.Generator().manual_seed(0)) * 4).to(dtype)
+    got = FUNCTIONS[func_name][0](x)
+    assert isinstance(got, torch.Tensor) and got.dtype == dtype and got.shape == (
+        (6,) if func_name == "logsumexp" else (6, 300))
+    want = getattr(torch, func_name)(x.double(), -1)
+    tol = _tolerance(dtype_name)
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * 8)
+
+
+def test_torch_bfloat16_result_is_the_float32_result_rounded(torch):
+    x = torch.randn(8, 1000, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    got = fastsoftmax.softmax(x)
+    want = fastsoftmax.softmax(x.float()).to(torch.bfloat16)  # torch rounds to nearest even
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+def test_torch_input_is_not_copied(torch):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        t = torch.randn(4, 8).to(dtype)
+        view, _ = interop.tensor_to_numpy(t, "softmax", "x", bits_ok=True)
+        assert view.__array_interface__["data"][0] == t.data_ptr()
+    # a transposed (non-contiguous) tensor is viewed too, with its strides
+    t = torch.randn(8, 4).T
+    view, _ = interop.tensor_to_numpy(t, "softmax", "x", bits_ok=True)
+    assert view.__array_interface__["data"][0] == t.data_ptr()
+    torch.testing.assert_close(fastsoftmax.softmax(t), torch.softmax(t, -1))
+
+
+def test_torch_out_and_in_place(torch):
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(5, 77).to(dtype)
+        want = fastsoftmax.softmax(x)
+        out = torch.empty_like(x)
+        pointer = out.data_ptr()
+        assert fastsoftmax.softmax(x, out=out) is out and out.data_ptr() == pointer
+        assert torch.equal(out, want)
+        y = x.clone()
+        assert fastsoftmax.softmax(y, out=y) is y
+        assert torch.equal(y, want)
+    lse_out = torch.empty(5, dtype=torch.bfloat16)
+    assert fastsoftmax.logsumexp(x, out=lse_out) is lse_out
+    assert torch.equal(lse_out, fastsoftmax.logsumexp(x))
+
+
+def test_torch_result_shares_memory_with_the_kernel_output(torch):
+    got = fastsoftmax.log_softmax(torch.randn(3, 10).to(torch.bfloat16))
+    assert got.is_contiguous() and got.untyped_storage().nbytes() == 3 * 10 * 2
+
+
+def test_torch_options(torch):
+    x = torch.randn(4, 6, 5, dtype=torch.float32)
+    mask = torch.rand(4, 6, 5, generator=torch.Generator().manual_seed(2)) > 0.3
+    got = fastsoftmax.softmax(x, axis=1, temperature=0.5, where=mask)
+    want = reference.softmax(x.numpy(), axis=1, temperature=0.5, where=mask.numpy())
+    np.testing.assert_allclose(got.numpy(), want, rtol=2e-5, atol=1e-7)
+    assert fastsoftmax.softmax(x.to(torch.bfloat16), dtype=np.float32).dtype == torch.float32
+    assert fastsoftmax.softmax(x.to(torch.bfloat16), dtype=np.float64).dtype == torch.float64
+    assert fastsoftmax.logsumexp(torch.arange(4.0)).shape == ()
+    assert fastsoftmax.softmax(torch.tensor([1, 2, 3])).dtype == torch.float64
+    # a NumPy x with a tensor where= stays NumPy
+    assert isinstance(fastsoftmax.softmax(x.numpy(), where=mask), np.ndarray)
+
+
+def test_torch_errors(torch):
+    with pytest.raises(TypeError, match=r"softmax: x requires grad.*x\.detach\(\)"):
+        fastsoftmax.softmax(torch.randn(3, requires_grad=True))
+    with pytest.raises(TypeError, match=r"log_softmax: x is a tensor on meta.*x\.cpu\(\)"):
+        fastsoftmax.log_softmax(torch.empty(3, device="meta"))
+    with pytest.raises(TypeError, match="cross_entropy: logits requires grad"):
+        fastsoftmax.cross_entropy(torch.randn(2, 3, requires_grad=True), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"softmax: out must be a tensor of dtype torch.bfloat16"):
+        fastsoftmax.softmax(torch.randn(3).to(torch.bfloat16), out=torch.empty(3))
+    with pytest.raises(ValueError, match="out must have shape"):
+        fastsoftmax.softmax(torch.randn(3), out=torch.empty(4))
+    with pytest.raises(TypeError, match="complex"):
+        fastsoftmax.softmax(torch.randn(3, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+def test_torch_cross_entropy_and_backward(torch, dtype_name):
+    F = pytest.importorskip("torch.nn.functional")
+    dtype = getattr(torch, dtype_name)
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(16, 50, generator=gen) * 3).to(dtype)
+    targets = torch.randint(0, 50, (16,), generator=gen)
+    loss, grad = fastsoftmax.cross_entropy(logits, targets, return_grad=True)
+    leaf = logits.float().clone().requires_grad_(True)
+    want = F.cross_entropy(leaf, targets)
+    want.backward()
+    tol = _tolerance(dtype_name)
+    assert isinstance(loss, torch.Tensor) and loss.shape == () and grad.dtype == dtype
+    torch.testing.assert_close(loss.float(), want.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(grad.float(), leaf.grad, rtol=tol, atol=tol * 1e-1)
+    # the gradient written into the logits tensor itself
+    in_place = logits.clone()
+    _, same = fastsoftmax.cross_entropy(in_place, targets, grad_out=in_place)
+    assert same is in_place
+    torch.testing.assert_close(in_place.float(), grad.float(), rtol=tol, atol=tol * 1e-1)
+    y = fastsoftmax.softmax(logits.float())
+    g = torch.randn(16, 50, generator=gen)
+    leaf = logits.float().clone().requires_grad_(True)
+    torch.softmax(leaf, -1).backward(g)
+    torch.testing.assert_close(fastsoftmax.softmax_backward(g, y), leaf.grad, rtol=1e-5,
+                               atol=1e-6)
+    out = torch.empty(16, 50)
+    assert fastsoftmax.log_softmax_backward(g, torch.log(y), out=out) is out
+
+
+# --- JAX ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def jnp():
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+    return jnp
+
+
+def test_jax_array_in_numpy_out(jnp, func_name):
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((5, 40)).astype(np.float32))
+    got = FUNCTIONS[func_name][0](x)
+    assert isinstance(got, (np.ndarray, np.floating)) and got.dtype == np.float32
+    np.testing.assert_allclose(got, FUNCTIONS[func_name][1](np.asarray(x)), rtol=2e-5,
+                               atol=1e-6)
+
+
+def test_jax_input_is_read_in_place(jnp):
+    x = jnp.ones((4, 8), jnp.float32)
+    view = np.asarray(x)  # what fastsoftmax does with any array-like
+    assert view.__array_interface__["data"][0] == x.unsafe_buffer_pointer()
+    assert not view.flags.writeable
+
+
+def test_jax_bfloat16(jnp):
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 64)), jnp.bfloat16)
+    got = fastsoftmax.softmax(x)
+    assert got.dtype == x.dtype  # ml_dtypes.bfloat16
+    np.testing.assert_allclose(got.astype(np.float64),
+                               reference.softmax(np.asarray(x).astype(np.float64)),
+                               rtol=8e-3, atol=1e-6)
