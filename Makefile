@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install install-torch test test-slow coverage bench bench-full bench-dask clean
+.PHONY: help install install-torch install-jax test test-slow coverage bench bench-full bench-dask clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ install: $(STAMP) ## create .venv and install fastsoftmax with its test and benc
 
 install-torch: install ## add PyTorch 2.13 (CPU build) as a benchmark peer
 	$(BIN)/python -m pip install --quiet torch==2.13.0
+
+install-jax: install ## add JAX (CPU) as a benchmark peer and for the interop tests
+	$(BIN)/python -m pip install --quiet 'jax>=0.4'
 
 test: install ## run the test suite (benchmarks run once each, untimed, as smoke tests)
 	$(BIN)/python -m pytest -m "not slow"

@@ -22,10 +22,12 @@ def softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None):
 
     Parameters
     ----------
-    x : array_like
+    x : array_like or torch.Tensor
         Input of real numbers, at least 1-D. Any strides, byte order or read-only flag.
-        float32 is computed in float32, float64 in float64, float16 in float32 (returned as
-        float16), bool and integers in float64 (returned as float64).
+        float32 is computed in float32, float64 in float64, float16 and bfloat16
+        (``ml_dtypes``) in float32 inside the kernel (returned in the input's format), bool
+        and integers in float64 (returned as float64). A CPU PyTorch tensor is read without
+        a copy and the result is a tensor; JAX arrays are read in place, results are NumPy.
     axis : int or None, default -1
         The axis along which the result sums to 1. ``None`` treats the whole array as one
         row (SciPy's meaning). Note that ``scipy.special.softmax`` defaults to ``None``.

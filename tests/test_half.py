@@ -268,3 +268,27 @@ def test_bfloat16_is_recognised_without_importing_it_by_name():
     # normalize.py tells bfloat16 by the dtype's name: any other 2-byte void type is refused
     with pytest.raises(TypeError, match="x must be an array of real numbers"):
         fastsoftmax.softmax(np.zeros(3, "V2"))
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_gradients_and_cross_entropy_take_half_precision(dtype):
+    # computed in float32 after widening, returned in the input's format
+    rng = np.random.default_rng(6)
+    logits = random_logits(rng, (8, 30), np.float32).astype(dtype)
+    grad = random_logits(rng, (8, 30), np.float32, scale=1.0).astype(dtype)
+    y = fastsoftmax.softmax(logits)
+    wide = {a: b.astype(np.float32) for a, b in (("g", grad), ("y", y), ("x", logits))}
+    cases = [
+        (fastsoftmax.softmax_backward(grad, y),
+         fastsoftmax.softmax_backward(wide["g"], wide["y"])),
+        (fastsoftmax.log_softmax_backward(grad, fastsoftmax.log_softmax(logits)),
+         fastsoftmax.log_softmax_backward(
+             wide["g"], fastsoftmax.log_softmax(logits).astype(np.float32))),
+    ]
+    targets = rng.integers(0, 30, 8)
+    loss, g = fastsoftmax.cross_entropy(logits, targets, return_grad=True)
+    loss32, g32 = fastsoftmax.cross_entropy(wide["x"], targets, return_grad=True)
+    cases += [(np.asarray(loss), np.asarray(loss32)), (g, g32)]
+    for got, want in cases:
+        assert got.dtype == dtype
+        same_bits_or_both_nan(got, want.astype(dtype))
