@@ -172,6 +172,7 @@ def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "
     Parameters
     ----------
     dtypes : iterable of dtype-like, default ("float32", "float64")
+        Also "float16" and "bfloat16" (the half-precision kernels; no ml_dtypes needed).
     functions : iterable of str, default all three
 
     Examples
@@ -180,10 +181,15 @@ def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "
     >>> fastsoftmax.warmup(dtypes=["float32"], functions=["softmax"])
     """
     for dtype in dtypes:
-        dtype = np.dtype(dtype)
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise ValueError(f"warmup: dtypes must be float32 or float64, got {dtype}")
-        x = np.zeros((2, 8), dtype)
+        bfloat16 = str(dtype) == "bfloat16" or getattr(dtype, "__name__", "") == "bfloat16"
+        if bfloat16:
+            x = np.zeros((2, 8), np.uint16)  # bits, as a bfloat16 tensor is handed over
+        else:
+            dtype = np.dtype(dtype)
+            if dtype not in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)):
+                raise ValueError("warmup: dtypes must be float32, float64, float16 or "
+                                 f"bfloat16, got {dtype}")
+            x = np.zeros((2, 8), dtype)
         for name in functions:
             if name not in ("softmax", "log_softmax", "logsumexp"):
                 raise ValueError(f"warmup: unknown function {name!r}")
@@ -192,5 +198,6 @@ def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "
             if not parallel_available():
                 builds = builds[:1]  # e.g. a forked child of an OpenMP process: serial only
             for parallel, split in builds:
-                plan.run(name, prepare(name, x, -1, None, None, None, reduce=reduce),
+                plan.run(name, prepare(name, x, -1, None, None, None, reduce=reduce,
+                                       bfloat16_bits=bfloat16),
                          parallel=parallel, split=split)

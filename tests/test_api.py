@@ -183,6 +183,7 @@ def test_numpy_integer_axis_and_float_axis():
 
 def test_warmup_compiles_and_validates():
     fastsoftmax.warmup(dtypes=["float32"], functions=["logsumexp"])
+    fastsoftmax.warmup(dtypes=["bfloat16", np.float16], functions=["softmax"])
     with pytest.raises(ValueError, match="dtypes"):
         fastsoftmax.warmup(dtypes=["int8"])
     with pytest.raises(ValueError, match="unknown function"):
