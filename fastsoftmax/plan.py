@@ -12,6 +12,7 @@ import numba
 import numpy as np
 
 from .parallel import launch_guard, parallel_available
+from .kernels import sampling as sampling_kernels
 from .kernels import softmax as kernels
 
 # Below this many elements a call runs the serial build: waking the thread pool costs a few
@@ -128,10 +129,39 @@ def _run_split_passes(op: str, b, parallel: bool, inv_t) -> None:
             b.out[:n_rows * b.out_stride:b.out_stride] = lse
 
 
-def launch(kernel_pair, n_rows: int, n_cols: int, *args) -> None:
-    """Run any row kernel, serial or parallel as the plan decides for ``n_rows`` x ``n_cols``."""
-    if use_parallel(n_rows, n_cols):
+def launch(kernel_pair, n_rows: int, n_cols: int, *args, parallel=None) -> None:
+    """Run any row kernel, serial or parallel as the plan decides for ``n_rows`` x ``n_cols``
+    (``parallel`` forces the build)."""
+    if parallel is None:
+        parallel = use_parallel(n_rows, n_cols)
+    if parallel:
         with launch_guard():
             kernel_pair.parallel(*args)
     else:
         kernel_pair.serial(*args)
+
+
+def run_sample(x, x_stride, mask, mask_stride, n_rows: int, n_cols: int, inv_t, min_p: float,
+               top_k: int, top_p: float, u: np.ndarray, *, greedy=False,
+               parallel=None) -> np.ndarray:
+    """Draw one column per row (:mod:`fastsoftmax.kernels.sampling`); returns int64 columns,
+    negative codes for rows that cannot be sampled.
+
+    ``inv_t`` is 1/temperature (None for 1); ``greedy`` ignores it and the filters. The
+    sampling kernel gets one scratch row per thread that may run it (one when serial), not
+    one per row. ``parallel`` forces the build (tests compare them); None lets the plan pick.
+    """
+    out = np.empty(n_rows, np.int64)
+    if parallel is None:
+        parallel = use_parallel(n_rows, n_cols)
+    if greedy:
+        launch(sampling_kernels.greedy_rows, n_rows, n_cols, x, x_stride, mask, mask_stride,
+               n_rows, n_cols, out, parallel=parallel)
+    else:
+        n_slots = min(n_rows, numba.get_num_threads()) if parallel else min(n_rows, 1)
+        workspace = np.empty((n_slots, n_cols + sampling_kernels.GATHER), x.dtype)
+        inv_t = None if inv_t == 1.0 else x.dtype.type(inv_t)
+        launch(sampling_kernels.sample_rows, n_rows, n_cols, x, x_stride, mask, mask_stride,
+               n_rows, n_cols, inv_t, float(min_p), int(top_k), float(top_p), u, workspace,
+               out, parallel=parallel)
+    return out
