@@ -167,10 +167,11 @@ def _filtered_rows(z, selected, top_k, top_p, min_p):
     """Filtered, renormalised probabilities of rows ``z`` (float64, already divided by the
     temperature), by sorting: min_p, then top_k, then top_p, each keeping its ties."""
     z = np.where(selected, z, -np.inf)
-    m = z.max(axis=-1, keepdims=True)
-    inf_rows = np.isposinf(m[:, 0])
-    with np.errstate(invalid="ignore"):
-        p = np.exp(z - m)  # 1 at the max; 0 where not selected
+    # A row holding +inf: the limit of logits going to +inf together, the +inf tokens tied
+    # at the top and every other one at probability 0 (so the filters keep exactly them).
+    inf_rows = np.isposinf(z).any(axis=-1, keepdims=True)
+    z = np.where(inf_rows, np.where(np.isposinf(z), 0.0, -np.inf), z)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))  # 1 at the max; 0 where not selected
     keep = p > 0
     if min_p:
         keep &= p >= min_p
@@ -191,8 +192,6 @@ def _filtered_rows(z, selected, top_k, top_p, min_p):
         threshold = np.take_along_axis(np.take_along_axis(p, order, axis=-1),
                                        last[:, None], axis=-1)
         p = np.where(p >= threshold, p, 0.0)
-    # +inf rows: the limit, uniform over the tokens at +inf
-    p[inf_rows] = (z[inf_rows] == np.inf).astype(np.float64)
     return p / p.sum(axis=-1, keepdims=True)
 
 

@@ -87,6 +87,9 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, where
     0
     """
     x = _as_array(logits)
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{FUNC}: logits must be real numbers (bool, integer or float), "
+                        f"got dtype {x.dtype}")
     compute, _ = resolve_dtypes(x.dtype, None, FUNC)
     if x.ndim == 0:
         raise ValueError(f"{FUNC}: logits must have at least one dimension, got a 0-d array")
@@ -100,7 +103,7 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, where
 
     x_moved = _move_axis_last(x, axis)
     n_cols = x_moved.shape[-1]
-    row_shape = x_moved.shape[:-1]
+    row_shape = () if axis is None else x_moved.shape[:-1]  # None: one row, a scalar result
     n_rows = math.prod(row_shape)
     if n_cols == 0:
         raise ValueError(f"{FUNC}: logits have an empty vocabulary (axis {axis} has length 0)")
