@@ -142,7 +142,9 @@ def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "
     Parameters
     ----------
     dtypes : iterable of dtype-like, default ("float32", "float64")
-    functions : iterable of str, default all three
+    functions : iterable of str, default ("softmax", "log_softmax", "logsumexp")
+        Also "sample" (sampling without ``where``, and greedy decoding; about 10 s per dtype
+        cold).
 
     Examples
     --------
@@ -155,12 +157,17 @@ def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "
             raise ValueError(f"warmup: dtypes must be float32 or float64, got {dtype}")
         x = np.zeros((2, 8), dtype)
         for name in functions:
-            if name not in ("softmax", "log_softmax", "logsumexp"):
+            if name not in ("softmax", "log_softmax", "logsumexp", "sample"):
                 raise ValueError(f"warmup: unknown function {name!r}")
-            reduce = name == "logsumexp"
             builds = ((False, False), (True, False), (True, True))
             if not parallel_available():
                 builds = builds[:1]  # e.g. a forked child of an OpenMP process: serial only
+            if name == "sample":
+                for parallel, greedy in {(p, g) for p, _ in builds for g in (False, True)}:
+                    plan.run_sample(x.reshape(-1), 8, None, 0, 2, 8, 1.0, 0.0, 0, 1.0,
+                                    np.zeros(2), greedy=greedy, parallel=parallel)
+                continue
+            reduce = name == "logsumexp"
             for parallel, split in builds:
                 plan.run(name, prepare(name, x, -1, None, None, None, reduce=reduce),
                          parallel=parallel, split=split)

@@ -4,6 +4,8 @@ error path."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,29 +14,39 @@ from scipy import stats
 
 import fastsoftmax
 from fastsoftmax import plan, reference
+from fastsoftmax.kernels import sampling as sampling_kernels
 from fastsoftmax.normalize import _as_rows
 
+from .conftest import PURE_PYTHON
 from .helpers import random_logits
 
 # A small vocabulary whose every token has a large expected count in 20,000 draws, in an
 # order that is not sorted (the inverse CDF runs in index order, the filters by value).
 SMALL_VOCAB = np.array([0.7, -1.5, 2.0, 1.0, -0.3, 1.5, -3.0, 0.1, 1.2, -0.8, 0.5, -2.0])
 N_DRAWS = 20_000
+# Each filter of a combination removes tokens the ones before it kept (12 -> 11 -> 8 -> 6 in
+# the last one).
 FILTERS = [
     dict(temperature=1.0),
     dict(temperature=0.7),
     dict(top_k=5),
-    dict(top_p=0.8),
+    dict(top_p=0.9),
     dict(min_p=0.2),
     dict(top_k=6, top_p=0.7),
-    dict(min_p=0.1, top_p=0.9),
-    dict(temperature=0.8, min_p=0.05, top_k=8, top_p=0.85),
+    dict(min_p=0.1, top_p=0.75),
+    dict(temperature=1.5, min_p=0.05, top_k=8, top_p=0.85),
 ]
 MASK = np.array([True, True, False, True, True, True, False, True, True, False, True, True])
 
 
 def describe(kwargs) -> str:
-    return ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults"
+    return ", ".join(f"{k}={'mask' if k == 'where' else v}" for k, v in kwargs.items()) \
+        or "defaults"
+
+
+def seed_of(kwargs) -> int:
+    """A seed of each case's own, so that cases keeping the same tokens draw independently."""
+    return zlib.crc32(describe(kwargs).encode())
 
 
 def chi_square(draws: np.ndarray, probs: np.ndarray):
@@ -58,7 +70,7 @@ def chi_square(draws: np.ndarray, probs: np.ndarray):
                          ids=describe)
 def test_draws_follow_the_filtered_distribution(kwargs, dtype):
     logits = np.tile(SMALL_VOCAB.astype(dtype), (N_DRAWS, 1))  # one call, 20,000 rows
-    draws = fastsoftmax.sample(logits, seed=7, **kwargs)
+    draws = fastsoftmax.sample(logits, seed=seed_of(kwargs), **kwargs)
     probs = reference.sampling_probs(SMALL_VOCAB.astype(dtype), **kwargs)
     statistic, dof, p_value = chi_square(draws, probs)
     assert dof >= 2, "a case whose filters leave under 3 tokens tests little"
@@ -354,3 +366,10 @@ def test_reference_rejects_what_sample_rejects():
         reference.sampling_probs(np.array([[0.0, 1.0], [np.nan, 0.0]]))
     with pytest.raises(ValueError, match="rows \\[0\\]"):
         reference.sample(np.array([[-np.inf, -np.inf], [0.0, 1.0]]), seed=0)
+
+
+def test_warmup_compiles_the_samplers():
+    fastsoftmax.warmup(dtypes=["float64"], functions=["sample"])
+    if not PURE_PYTHON:  # without the JIT there is nothing to compile
+        assert sampling_kernels.sample_rows.serial.signatures
+        assert sampling_kernels.greedy_rows.serial.signatures
