@@ -150,7 +150,8 @@ def run_sample(x, x_stride, mask, mask_stride, n_rows: int, n_cols: int, inv_t, 
     ``inv_t`` is 1/temperature; ``greedy`` ignores it and the filters. Unlike softmax, 1 is
     not passed as None: the multiply is a small part of a draw, and one build fewer halves the
     compile time. The sampling kernel gets one scratch row per thread that may run it (one
-    when serial), not one per row. ``parallel`` forces the build (tests compare them); None lets the plan pick.
+    when serial), not one per row. ``parallel`` forces the build (tests compare them); None
+    lets the plan pick.
     """
     out = np.empty(n_rows, np.int64)
     if parallel is None:
@@ -162,6 +163,6 @@ def run_sample(x, x_stride, mask, mask_stride, n_rows: int, n_cols: int, inv_t, 
         n_slots = min(n_rows, numba.get_num_threads()) if parallel else min(n_rows, 1)
         workspace = np.empty((n_slots, n_cols + sampling_kernels.GATHER), x.dtype)
         launch(sampling_kernels.sample_rows, n_rows, n_cols, x, x_stride, mask, mask_stride,
-               n_rows, n_cols, x.dtype.type(inv_t), float(min_p), int(top_k), float(top_p), u, workspace,
-               out, parallel=parallel)
+               n_rows, n_cols, x.dtype.type(inv_t), float(min_p), int(top_k), float(top_p), u,
+               workspace, out, parallel=parallel)
     return out

@@ -1,5 +1,5 @@
 """Row kernels that draw one token per row from logits: greedy, and temperature sampling with
-the min-p, top-k and top-p filters, fused and without sorting.
+the min-p, top-k and top-p filters, fused, and without sorting the row.
 
 Layout as in :mod:`fastsoftmax.kernels.softmax` (flat rows with a row stride, an optional flat
 ``where`` mask). ``out[r]`` receives the drawn column, or a negative code for a row that cannot
@@ -17,9 +17,10 @@ written once into a scratch row (0 for tokens left out by ``where``), so the max
 A search is a bisection over the bits of ``p`` (for ``p >= 0`` they order like the values), one
 vectorised pass over the scratch row a step that sums the weight above the midpoint and counts
 the values left in the interval; once at most ``GATHER`` values remain, they are copied out,
-sorted and walked. No full sort, and typically about ten passes. The draw is an inverse CDF in index order: block masses first,
-then element by element inside the block where the cumulative mass passes ``u * kept mass``.
-The uniform ``u`` of each row comes from the caller, so results do not depend on threads.
+sorted and walked: typically 5-8 passes. The draw is an inverse CDF in index order: block masses
+first, then element by element inside the block where the cumulative mass passes
+``u * kept mass``. The uniform ``u`` of each row comes from the caller, so results do not
+depend on threads.
 """
 
 from __future__ import annotations
