@@ -5,6 +5,7 @@ error path."""
 from __future__ import annotations
 
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -179,6 +180,18 @@ def test_same_seed_same_tokens_whatever_the_threads(kwargs):
     assert np.array_equal(fastsoftmax.sample(x, seed=21, **kwargs), one_thread)
     assert np.array_equal(fastsoftmax.sample(x, seed=np.random.default_rng(21), **kwargs),
                           one_thread)
+
+
+@pytest.mark.large
+def test_concurrent_calls_from_python_threads():
+    # every call has its own scratch rows: calls at once give what they give alone
+    x = random_logits(np.random.default_rng(23), (64, 3000), np.float32)
+    kwargs = [dict(seed=s, top_p=0.9, temperature=0.8) for s in range(8)]
+    alone = [fastsoftmax.sample(x, **kw) for kw in kwargs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda kw: fastsoftmax.sample(x, **kw), kwargs))
+    for want, got in zip(alone, together):
+        assert np.array_equal(want, got)
 
 
 @pytest.mark.parametrize("greedy", [False, True])
