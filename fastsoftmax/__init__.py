@@ -11,9 +11,10 @@ from . import reference
 from .api import log_softmax, logsumexp, softmax, warmup
 from .gradients import cross_entropy, log_softmax_backward, softmax_backward
 from .parallel import threads
+from .sampling import sample
 
 __version__ = "0.1.0"
 __all__ = [
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
-    "cross_entropy", "warmup", "threads", "reference", "__version__",
+    "cross_entropy", "sample", "warmup", "threads", "reference", "__version__",
 ]

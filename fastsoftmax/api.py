@@ -173,7 +173,9 @@ def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "
     ----------
     dtypes : iterable of dtype-like, default ("float32", "float64")
         Also "float16" and "bfloat16" (the half-precision kernels; no ml_dtypes needed).
-    functions : iterable of str, default all three
+    functions : iterable of str, default ("softmax", "log_softmax", "logsumexp")
+        Also "sample" (sampling without ``where``, and greedy decoding; about 10 s per dtype
+        cold; half-precision logits are sampled by the float32 kernels).
 
     Examples
     --------
@@ -191,12 +193,18 @@ def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "
                                  f"bfloat16, got {dtype}")
             x = np.zeros((2, 8), dtype)
         for name in functions:
-            if name not in ("softmax", "log_softmax", "logsumexp"):
+            if name not in ("softmax", "log_softmax", "logsumexp", "sample"):
                 raise ValueError(f"warmup: unknown function {name!r}")
-            reduce = name == "logsumexp"
             builds = ((False, False), (True, False), (True, True))
             if not parallel_available():
                 builds = builds[:1]  # e.g. a forked child of an OpenMP process: serial only
+            if name == "sample":
+                logits = x if x.dtype.kind == "f" and x.itemsize > 2 else x.astype(np.float32)
+                for parallel, greedy in {(p, g) for p, _ in builds for g in (False, True)}:
+                    plan.run_sample(logits.reshape(-1), 8, None, 0, 2, 8, 1.0, 0.0, 0, 1.0,
+                                    np.zeros(2), greedy=greedy, parallel=parallel)
+                continue
+            reduce = name == "logsumexp"
             for parallel, split in builds:
                 plan.run(name, prepare(name, x, -1, None, None, None, reduce=reduce,
                                        bfloat16_bits=bfloat16),

@@ -15,9 +15,16 @@ from typing import Callable
 
 import numpy as np
 
-FUNCTIONS = ("softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_grad")
+# Sampling cases: the keyword arguments of ``fastsoftmax.sample`` each one benchmarks.
+SAMPLING = {
+    "sample_top_p": dict(temperature=0.8, top_p=0.9),
+    "sample_top_k": dict(top_k=50),
+    "sample": dict(temperature=0.8),
+}
+FUNCTIONS = ("softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_grad",
+             *SAMPLING)
 # Functions that only read their input (their floor is the read-only roofline).
-READ_ONLY = ("logsumexp", "cross_entropy")
+READ_ONLY = ("logsumexp", "cross_entropy", *SAMPLING)
 OURS = ("fastsoftmax", "fastsoftmax out=")
 # "via-float32": for float16/bfloat16 input, the conversion a user would otherwise write
 # first (``x.float()`` on a tensor, ``x.astype(np.float32)`` on an array), then fastsoftmax.
@@ -66,8 +73,9 @@ def targets_for(x: np.ndarray) -> np.ndarray:
 
 
 def result_bytes(function: str, x: np.ndarray) -> int:
-    """Bytes one call moves at least: the input read once and the result written once."""
-    if function == "cross_entropy":
+    """Bytes one call moves at least: the input read once and the result written once (for the
+    loss and the samplers, whose results are a few bytes a row: the input read once)."""
+    if function == "cross_entropy" or function in SAMPLING:
         return x.nbytes
     if function in READ_ONLY:
         return x.nbytes + (x.size // max(x.shape[-1], 1)) * x.itemsize
@@ -76,6 +84,9 @@ def result_bytes(function: str, x: np.ndarray) -> int:
 
 def _ours(module, function, x):
     make = x.make if isinstance(x, _Deferred) else lambda: x
+    if function in SAMPLING:
+        kwargs = SAMPLING[function]
+        return lambda: module.sample(make(), seed=0, **kwargs)
     if function.startswith("cross_entropy"):
         t = targets_for(make())
         if function == "cross_entropy":
@@ -105,8 +116,8 @@ def _fastsoftmax_out(function, x):
                           dtype=tensor.dtype)
         fn = getattr(fastsoftmax, function)
         return lambda: fn(tensor, out=out)
-    if function == "cross_entropy":
-        raise NotImplementedError("the loss alone has no out= variant")
+    if function == "cross_entropy" or function in SAMPLING:
+        raise NotImplementedError(f"{function} has no out= variant")
     if function == "cross_entropy_grad":
         t = targets_for(x)
         grad = np.empty_like(x)
@@ -141,6 +152,8 @@ class _Deferred:
 def _scipy(function, x):
     if function.startswith("cross_entropy"):
         raise NotImplementedError("SciPy has no cross-entropy")
+    if function in SAMPLING:
+        raise NotImplementedError("SciPy has no sampler from logits")
     if x.dtype.kind == "V":
         raise NotImplementedError("SciPy does not take bfloat16")
     from scipy import special
@@ -148,9 +161,36 @@ def _scipy(function, x):
     return lambda: fn(x, axis=-1)
 
 
+def _torch_sampler(function, tensor):
+    """The usual PyTorch CPU pipeline for ``function`` (see :data:`SAMPLING`)."""
+    import torch
+    kwargs = SAMPLING[function]
+    generator = torch.Generator().manual_seed(0)
+    if function == "sample_top_k":
+        def top_k():
+            values, indices = torch.topk(tensor, kwargs["top_k"], dim=-1)
+            chosen = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=generator)
+            return torch.gather(indices, -1, chosen)
+        return top_k
+    if function == "sample_top_p":
+        def top_p():
+            probs = torch.softmax(tensor / kwargs["temperature"], dim=-1)
+            ranked, order = torch.sort(probs, dim=-1, descending=True)
+            above = torch.cumsum(ranked, dim=-1) - ranked  # mass ranked above each token
+            ranked = ranked.masked_fill(above >= kwargs["top_p"], 0.0)
+            ranked = ranked / ranked.sum(dim=-1, keepdim=True)
+            chosen = torch.multinomial(ranked, 1, generator=generator)
+            return torch.gather(order, -1, chosen)
+        return top_p
+    return lambda: torch.multinomial(torch.softmax(tensor / kwargs["temperature"], dim=-1), 1,
+                                     generator=generator)
+
+
 def _torch(function, x):
     import torch
     tensor = as_tensor(x)
+    if function in SAMPLING:
+        return _torch_sampler(function, tensor)
     if function.startswith("cross_entropy"):
         import torch.nn.functional as F
         targets = torch.from_numpy(targets_for(x))
@@ -170,8 +210,8 @@ def _torch(function, x):
 
 
 def _jax(function, x):
-    if function.startswith("cross_entropy"):
-        raise NotImplementedError("no JAX cross-entropy peer yet")
+    if function.startswith("cross_entropy") or function in SAMPLING:
+        raise NotImplementedError(f"no JAX {function} peer yet")
     import jax
     import jax.numpy as jnp
     if x.dtype == np.float64:

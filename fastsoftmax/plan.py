@@ -13,6 +13,7 @@ import numpy as np
 
 from .parallel import launch_guard, parallel_available
 from .kernels import half as half_kernels
+from .kernels import sampling as sampling_kernels
 from .kernels.halfbits import encode_block
 from .kernels import softmax as kernels
 
@@ -194,6 +195,36 @@ def launch_build(kernel_pair, parallel: bool, *args) -> None:
         kernel_pair.parallel(*args)
 
 
-def launch(kernel_pair, n_rows: int, n_cols: int, *args) -> None:
-    """Run any row kernel, serial or parallel as the plan decides for ``n_rows`` x ``n_cols``."""
-    launch_build(kernel_pair, use_parallel(n_rows, n_cols), *args)
+def launch(kernel_pair, n_rows: int, n_cols: int, *args, parallel=None) -> None:
+    """Run any row kernel, serial or parallel as the plan decides for ``n_rows`` x ``n_cols``
+    (``parallel`` forces the build)."""
+    if parallel is None:
+        parallel = use_parallel(n_rows, n_cols)
+    launch_build(kernel_pair, parallel, *args)
+
+
+def run_sample(x, x_stride, mask, mask_stride, n_rows: int, n_cols: int, inv_t, min_p: float,
+               top_k: int, top_p: float, u: np.ndarray, *, greedy=False,
+               parallel=None) -> np.ndarray:
+    """Draw one column per row (:mod:`fastsoftmax.kernels.sampling`); returns int64 columns,
+    negative codes for rows that cannot be sampled.
+
+    ``inv_t`` is 1/temperature; ``greedy`` ignores it and the filters. Unlike softmax, 1 is
+    not passed as None: the multiply is a small part of a draw, and one build fewer halves the
+    compile time. The sampling kernel gets one scratch row per thread that may run it (one
+    when serial), not one per row. ``parallel`` forces the build (tests compare them); None
+    lets the plan pick.
+    """
+    out = np.empty(n_rows, np.int64)
+    if parallel is None:
+        parallel = use_parallel(n_rows, n_cols)
+    if greedy:
+        launch(sampling_kernels.greedy_rows, n_rows, n_cols, x, x_stride, mask, mask_stride,
+               n_rows, n_cols, out, parallel=parallel)
+    else:
+        n_slots = min(n_rows, numba.get_num_threads()) if parallel else min(n_rows, 1)
+        workspace = np.empty((n_slots, n_cols + sampling_kernels.GATHER), x.dtype)
+        launch(sampling_kernels.sample_rows, n_rows, n_cols, x, x_stride, mask, mask_stride,
+               n_rows, n_cols, x.dtype.type(inv_t), float(min_p), int(top_k), float(top_p), u,
+               workspace, out, parallel=parallel)
+    return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
-           "cross_entropy", "result_dtype"]
+           "cross_entropy", "sampling_probs", "sample", "result_dtype"]
 
 
 def result_dtype(x_dtype, dtype=None) -> np.dtype:
@@ -154,3 +154,89 @@ def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, re
         grad_out[...] = grad
         return loss, grad_out
     return loss, grad.astype(out_dtype)
+
+
+def _rows_of(a, axis):
+    """``a`` as a 2-D array of rows along ``axis`` (None: one row), and the shape of the rows."""
+    a = np.asarray(a)
+    if axis is None:
+        return a.reshape(1, -1), ()
+    moved = np.moveaxis(a, axis, -1)
+    return moved.reshape(-1, moved.shape[-1]), moved.shape[:-1]
+
+
+def _filtered_rows(z, selected, top_k, top_p, min_p):
+    """Filtered, renormalised probabilities of rows ``z`` (float64, already divided by the
+    temperature), by sorting: min_p, then top_k, then top_p, each keeping its ties."""
+    z = np.where(selected, z, -np.inf)
+    # A row holding +inf: the limit of logits going to +inf together, the +inf tokens tied
+    # at the top and every other one at probability 0 (so the filters keep exactly them).
+    inf_rows = np.isposinf(z).any(axis=-1, keepdims=True)
+    z = np.where(inf_rows, np.where(np.isposinf(z), 0.0, -np.inf), z)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))  # 1 at the max; 0 where not selected
+    keep = p > 0
+    if min_p:
+        keep &= p >= min_p
+    if top_k is not None:
+        # the k-th largest kept value; every token at or above it stays (HF: scores < kth out)
+        ranked = -np.sort(-np.where(keep, p, -1.0), axis=-1)
+        kth = ranked[:, min(top_k, z.shape[-1]) - 1:min(top_k, z.shape[-1])]
+        keep &= p >= np.where(kth > 0, kth, 0.0)
+    p = np.where(keep, p, 0.0)
+    if top_p is not None and top_p < 1:
+        # HF: a token stays if the mass strictly above it (in descending order) is < top_p;
+        # the threshold is the last such token's probability, and its ties stay too.
+        order = np.argsort(-p, axis=-1, kind="stable")
+        ranked = np.take_along_axis(p, order, axis=-1)
+        ranked = ranked / ranked.sum(axis=-1, keepdims=True)
+        above = np.cumsum(ranked, axis=-1) - ranked
+        last = np.sum(above < top_p, axis=-1) - 1
+        threshold = np.take_along_axis(np.take_along_axis(p, order, axis=-1),
+                                       last[:, None], axis=-1)
+        p = np.where(p >= threshold, p, 0.0)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def sampling_probs(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, where=None,
+                   axis=-1):
+    """The distribution :func:`fastsoftmax.sample` draws from: ``softmax(logits /
+    temperature)`` after min_p, top_k and top_p (in that order, ties at a threshold kept),
+    renormalised, with the logits' shape; temperature 0 gives a one-hot at the first maximum.
+    Rows that cannot be sampled (a NaN, nothing selected or all -inf) are ValueError."""
+    x = np.asarray(logits)
+    selected = np.ones(x.shape, bool) if where is None else np.broadcast_to(where, x.shape)
+    rows, _ = _rows_of(x.astype(np.float64), axis)
+    sel, _ = _rows_of(selected, axis)
+    bad = np.isnan(np.where(sel, rows, 0.0)).any(axis=-1) | ~(np.where(sel, rows, -np.inf)
+                                                             > -np.inf).any(axis=-1)
+    if bad.any():
+        raise ValueError(f"sample: rows {np.flatnonzero(bad).tolist()} cannot be sampled")
+    if temperature == 0:
+        first = np.argmax(np.where(sel, rows, -np.inf), axis=-1)
+        probs = np.zeros(rows.shape)
+        probs[np.arange(len(rows)), first] = 1.0
+    else:
+        probs = _filtered_rows(rows / float(temperature), sel, top_k, top_p, min_p)
+    if axis is None:
+        return probs.reshape(x.shape)
+    moved = np.moveaxis(x, axis, -1).shape
+    return np.moveaxis(probs.reshape(moved), -1, axis)
+
+
+def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, where=None,
+           seed=None, axis=-1):
+    """Reference sampling: the inverse CDF, in index order, of :func:`sampling_probs` at one
+    uniform number per row (``Generator.random``, rows in order), the same draws as
+    :func:`fastsoftmax.sample` makes for the same ``seed``."""
+    probs = sampling_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                           min_p=min_p, where=where, axis=axis)
+    rows, row_shape = _rows_of(probs, axis)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    u = rng.random(len(rows))
+    cdf = np.cumsum(rows, axis=-1)
+    chosen = np.array([np.searchsorted(c, ui * c[-1], side="right") for c, ui in zip(cdf, u)],
+                      dtype=np.int64)
+    # rounding can leave u * total past the last step: the last token with probability > 0
+    last = rows.shape[-1] - 1 - np.argmax(rows[:, ::-1] > 0, axis=-1)
+    chosen = np.minimum(chosen, last).reshape(row_shape)
+    return chosen[()] if chosen.ndim == 0 else chosen

@@ -187,3 +187,12 @@ def test_jax_bfloat16(jnp):
     np.testing.assert_allclose(got.astype(np.float64),
                                reference.softmax(np.asarray(x).astype(np.float64)),
                                rtol=8e-3, atol=1e-6)
+
+
+def test_torch_sample(torch):
+    logits = torch.randn(64, 100, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
+    tokens = fastsoftmax.sample(logits, top_k=5, seed=1)
+    assert isinstance(tokens, torch.Tensor) and tokens.dtype == torch.int64
+    assert torch.equal(tokens, torch.from_numpy(fastsoftmax.sample(logits.float().numpy(),
+                                                                   top_k=5, seed=1)))
+    assert fastsoftmax.sample(logits[0], temperature=0).item() == int(logits[0].float().argmax())
