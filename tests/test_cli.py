@@ -44,8 +44,12 @@ def test_bad_arguments_exit_with_a_message(capsys, args, words):
 def test_default_cases():
     args = cli.build_parser().parse_args(["bench", "--quick"])
     cases = cli.bench_cases(args)
-    assert {c.dtype for c in cases} == {"float32"}
-    assert {c.shape for c in cases} == set(bench.QUICK_SHAPES)
+    half = [c for c in cases if c.dtype == "bfloat16"]  # the LLM-sized bfloat16 case
+    assert [(c.function, c.shape) for c in half] == [(f, s) for f, s, _ in
+                                                     bench.QUICK_HALF_CASES]
+    float32 = [c for c in cases if c.dtype == "float32"]
+    assert len(float32) + len(half) == len(cases)
+    assert {c.shape for c in float32} == set(bench.QUICK_SHAPES)
     args = cli.build_parser().parse_args(["bench"])
     assert {c.dtype for c in cli.bench_cases(args)} == {"float32", "float64"}
 
