@@ -240,3 +240,27 @@ def test_pure_python_mode_matches_the_reference():
         print("pure python ok")
     """, env={"NUMBA_DISABLE_JIT": "1"}, timeout=300)
     assert "pure python ok" in out
+
+
+def test_vector_width_setting():
+    # 512-bit vectors are asked of LLVM for fastsoftmax's own functions only; 256 turns that
+    # off. Both widths give the reference's results; a bad setting is refused at import.
+    code = textwrap.dedent("""
+        import numpy as np, fastsoftmax
+        x = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
+        got = fastsoftmax.log_softmax(x)
+        np.testing.assert_allclose(got, fastsoftmax.reference.log_softmax(x), rtol=2e-6,
+                                   atol=1e-5)
+        print(fastsoftmax.kernels.jit.VECTOR_WIDTH)
+    """)
+    with tempfile.TemporaryDirectory() as cache:
+        for width in ("256", "512"):
+            env = dict(os.environ, FASTSOFTMAX_VECTOR_WIDTH=width, NUMBA_CACHE_DIR=cache)
+            done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                  text=True, timeout=600)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.split()[-1] == width
+    env = dict(os.environ, FASTSOFTMAX_VECTOR_WIDTH="wide")
+    done = subprocess.run([sys.executable, "-c", "import fastsoftmax"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "FASTSOFTMAX_VECTOR_WIDTH must be a number" in done.stderr
