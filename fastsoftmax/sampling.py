@@ -17,8 +17,8 @@ import numpy as np
 from . import plan
 from .interop import accepts_tensors
 from .kernels.sampling import EMPTY_ROW, NAN_ROW
-from .normalize import (_as_mask_rows, _as_rows, _move_axis_last, normalize_axis,
-                        normalize_temperature, resolve_dtypes)
+from .normalize import (_as_mask_rows, _as_rows, _move_axis_last, is_bfloat16,
+                        normalize_axis, normalize_temperature, resolve_dtypes)
 
 __all__ = ["sample"]
 FUNC = "sample"
@@ -33,7 +33,8 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, where
     ----------
     logits : array_like
         Real numbers, at least 1-D; each row along ``axis`` is one distribution. float32 is
-        computed in float32, float64 in float64 (other dtypes as :func:`softmax`).
+        computed in float32, float64 in float64, float16 and bfloat16 in float32 (widened
+        first), bool and integers in float64. PyTorch tensors give a tensor of indices.
     temperature : float, default 1.0
         Positive and finite, or 0 for greedy decoding: the first index of the maximum
         (filters and ``seed`` then do not change the result).
@@ -89,7 +90,7 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, where
     0
     """
     x = _as_array(logits)
-    if x.dtype.kind not in "biuf":
+    if x.dtype.kind not in "biuf" and not is_bfloat16(x.dtype):
         raise TypeError(f"{FUNC}: logits must be real numbers (bool, integer or float), "
                         f"got dtype {x.dtype}")
     compute, _ = resolve_dtypes(x.dtype, None, FUNC)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fastsoftmax import bench, cli
+from fastsoftmax import bench, cli, peers
 
 TINY = ["bench", "--shapes", "3x64,1x10", "--functions", "softmax,logsumexp", "--dtypes",
         "float32", "--peers", "reference", "--repeat", "2", "--no-progress"]
@@ -50,6 +50,7 @@ def test_default_cases():
     float32 = [c for c in cases if c.dtype == "float32"]
     assert len(float32) + len(half) == len(cases)
     assert {c.shape for c in float32} == set(bench.QUICK_SHAPES)
+    assert cli.startup_dtypes(cases) == ["float32"]  # make bench --startup: no bfloat16
     args = cli.build_parser().parse_args(["bench"])
     assert {c.dtype for c in cli.bench_cases(args)} == {"float32", "float64"}
 
@@ -116,3 +117,14 @@ def test_report_of_a_missing_file_is_an_error(tmp_path, capsys):
         cli.main(["report", str(tmp_path / "nothing.json")])
     assert info.value.code == 2
     assert "cannot read benchmark results" in capsys.readouterr().err
+
+
+def test_every_implementation_has_a_plot_style(tmp_path):
+    # a chart with every implementation in it, half-precision peers included
+    names = list(peers.OURS) + list(peers.PEERS)
+    timing = bench.Timing(1e-3, 1e-3, 1.0, 10.0, 1, 3)
+    result = bench.CaseResult("softmax", (2, 8), "bfloat16", 64, 10.0,
+                              timings={name: timing for name in names})
+    png = tmp_path / "all.png"
+    bench.plot([result], {"fastsoftmax": "x", "cpu": "y", "threads": 2}, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

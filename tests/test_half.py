@@ -292,3 +292,12 @@ def test_gradients_and_cross_entropy_take_half_precision(dtype):
     for got, want in cases:
         assert got.dtype == dtype
         same_bits_or_both_nan(got, want.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_sample_takes_half_precision(dtype):
+    logits = random_logits(np.random.default_rng(8), (50, 40), np.float32).astype(dtype)
+    for options in ({"top_p": 0.8, "temperature": 0.7}, {"temperature": 0}):
+        np.testing.assert_array_equal(
+            fastsoftmax.sample(logits, seed=3, **options),
+            fastsoftmax.sample(logits.astype(np.float32), seed=3, **options))
