@@ -117,15 +117,22 @@ def half_logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows,
 # Each pass widens its chunk again: the passes are separate launches, and keeping a float32
 # copy of a few huge rows between them would cost more memory than the widening costs time.
 
+@building_block
+def widen_chunk(x, x_stride, mask, mask_stride, r, start, stop):
+    """Columns [start, stop) of row ``r``: (their ``where`` mask or None, their float32 values
+    in a new buffer, the max of the selected ones)."""
+    sel = row_of(mask, r * mask_stride + start, stop - start)
+    buf = np.empty(stop - start, np.float32)
+    return sel, buf, widen_max(x[r * x_stride + start:r * x_stride + stop], sel, buf)
+
+
 @kernel_pair
 def half_split_max(x, x_stride, mask, mask_stride, n_rows, n_cols, chunk, chunk_max):
     """chunk_max[k] = max of chunk k."""
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
-        chunk_max[k] = widen_max(x[r * x_stride + start:r * x_stride + stop],
-                                 row_of(mask, r * mask_stride + start, stop - start),
-                                 np.empty(stop - start, np.float32))
+        chunk_max[k] = widen_chunk(x, x_stride, mask, mask_stride, r, start, stop)[2]
 
 
 @kernel_pair
@@ -135,9 +142,7 @@ def half_split_sum_exp(x, x_stride, mask, mask_stride, n_rows, n_cols, chunk, in
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
-        sel = row_of(mask, r * mask_stride + start, stop - start)
-        buf = np.empty(stop - start, np.float32)
-        widen_max(x[r * x_stride + start:r * x_stride + stop], sel, buf)
+        sel, buf, _ = widen_chunk(x, x_stride, mask, mask_stride, r, start, stop)
         chunk_sum[k] = sum_exp(buf, sel, maxima[r], inv_t, x[:0])
 
 
@@ -148,9 +153,7 @@ def half_split_softmax_store(x, x_stride, mask, mask_stride, out, out_stride, n_
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
-        sel = row_of(mask, r * mask_stride + start, stop - start)
-        buf = np.empty(stop - start, np.float32)
-        widen_max(x[r * x_stride + start:r * x_stride + stop], sel, buf)
+        sel, buf, _ = widen_chunk(x, x_stride, mask, mask_stride, r, start, stop)
         exp_store_sum(buf, sel, maxima[r], inv_t, None, x[:0])
         scale_narrow(buf, sel, factors[r], out[r * out_stride + start:r * out_stride + stop])
 
@@ -162,8 +165,6 @@ def half_split_shift(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
-        sel = row_of(mask, r * mask_stride + start, stop - start)
-        buf = np.empty(stop - start, np.float32)
-        widen_max(x[r * x_stride + start:r * x_stride + stop], sel, buf)
+        sel, buf, _ = widen_chunk(x, x_stride, mask, mask_stride, r, start, stop)
         shift_narrow(buf, sel, maxima[r], inv_t, log_sums[r],
                      out[r * out_stride + start:r * out_stride + stop])
