@@ -29,7 +29,9 @@ OURS = ("fastsoftmax", "fastsoftmax out=")
 # "via-float32": for float16/bfloat16 input, the conversion a user would otherwise write
 # first (``x.float()`` on a tensor, ``x.astype(np.float32)`` on an array), then fastsoftmax.
 PEERS = ("reference", "scipy", "torch", "jax", "via-float32")
-HALF_DTYPES = ("float16", "bfloat16")
+# Functions whose half-precision cases run fastsoftmax on a torch tensor (when torch is
+# installed): half-precision logits usually come as tensors.
+TENSOR_FUNCTIONS = ("softmax", "log_softmax", "logsumexp")
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -98,18 +100,15 @@ def _ours(module, function, x):
 
 def _fastsoftmax(function, x):
     import fastsoftmax
-    if is_half(x) and is_installed("torch") and function in QUICK_TENSOR_FUNCTIONS:
-        # half-precision logits usually come as tensors: time the call a PyTorch user makes
+    if is_half(x) and is_installed("torch") and function in TENSOR_FUNCTIONS:
         return _ours(fastsoftmax, function, as_tensor(x))
     return _ours(fastsoftmax, function, x)
 
 
-QUICK_TENSOR_FUNCTIONS = ("softmax", "log_softmax", "logsumexp")
-
 
 def _fastsoftmax_out(function, x):
     import fastsoftmax
-    if is_half(x) and is_installed("torch") and function in QUICK_TENSOR_FUNCTIONS:
+    if is_half(x) and is_installed("torch") and function in TENSOR_FUNCTIONS:
         import torch
         tensor = as_tensor(x)
         out = torch.empty(tensor.shape[:-1] if function == "logsumexp" else tensor.shape,

@@ -107,67 +107,39 @@ def is_half(x_flat: np.ndarray) -> bool:
 
 
 def _run_split_passes(op: str, b, parallel: bool, inv_t) -> None:
-    if is_half(b.x):
-        _run_half_split_passes(op, b, parallel, inv_t)
-        return
-
+    """max pass, per-row combine, sum pass, per-row combine, last pass. float32/float64 rows:
+    softmax stores the exponentials in the sum pass and scales them last. Half-precision rows
+    (kernels/half.py): every pass widens its chunk, and softmax's last pass recomputes the
+    exponentials, scales and rounds once (a half-precision ``out`` cannot hold them between)."""
     def build(kernel_pair):
         return kernel_pair.parallel if parallel else kernel_pair.serial
 
+    half = is_half(b.x)
     n_rows, n_cols, chunk = b.n_rows, b.n_cols, SPLIT_CHUNK
     n_chunks = math.ceil(n_cols / chunk)
-    dtype = b.x.dtype
+    dtype = np.dtype(np.float32) if half else b.x.dtype
+    rows = (b.x, b.x_stride, b.mask, b.mask_stride)
+    rows_out = rows + (b.out, b.out_stride, n_rows, n_cols, chunk)
     chunk_max = np.empty(n_rows * n_chunks, dtype)
-    build(kernels.split_max)(b.x, b.x_stride, b.mask, b.mask_stride, n_rows, n_cols, chunk,
-                             chunk_max)
+    build(half_kernels.half_split_max if half else kernels.split_max)(
+        *rows, n_rows, n_cols, chunk, chunk_max)
     maxima = chunk_max.reshape(n_rows, n_chunks).max(axis=1)  # NaN propagates, as in rows
     chunk_sum = np.empty(n_rows * n_chunks)
-    if op == "softmax":
-        build(kernels.split_exp_store_sum)(b.x, b.x_stride, b.mask, b.mask_stride, b.out,
-                                           b.out_stride, n_rows, n_cols, chunk, inv_t, maxima,
-                                           chunk_sum)
+    if op == "softmax" and not half:
+        build(kernels.split_exp_store_sum)(*rows_out, inv_t, maxima, chunk_sum)
     else:
-        build(kernels.split_sum_exp)(b.x, b.x_stride, b.mask, b.mask_stride, n_rows, n_cols,
-                                     chunk, inv_t, maxima, chunk_sum)
+        build(half_kernels.half_split_sum_exp if half else kernels.split_sum_exp)(
+            *rows, n_rows, n_cols, chunk, inv_t, maxima, chunk_sum)
     sums = chunk_sum.reshape(n_rows, n_chunks).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        if op == "softmax":
-            build(kernels.split_scale)(b.x, b.x_stride, b.mask, b.mask_stride, b.out,
-                                       b.out_stride, n_rows, n_cols, chunk,
-                                       (1.0 / sums).astype(dtype))
+        if op == "softmax" and half:
+            build(half_kernels.half_split_softmax_store)(*rows_out, inv_t, maxima,
+                                                         (1.0 / sums).astype(dtype))
+        elif op == "softmax":
+            build(kernels.split_scale)(*rows_out, (1.0 / sums).astype(dtype))
         elif op == "log_softmax":
-            build(kernels.split_shift)(b.x, b.x_stride, b.mask, b.mask_stride, b.out,
-                                       b.out_stride, n_rows, n_cols, chunk, inv_t, maxima,
-                                       np.log(sums).astype(dtype))
-        else:
-            _store_logsumexp(b, maxima, sums)
-
-
-def _run_half_split_passes(op: str, b, parallel: bool, inv_t) -> None:
-    """The split passes for half-precision rows: max, sum, then one pass that recomputes the
-    result from the input and rounds it once (kernels/half.py)."""
-    def build(kernel_pair):
-        return kernel_pair.parallel if parallel else kernel_pair.serial
-
-    n_rows, n_cols, chunk = b.n_rows, b.n_cols, SPLIT_CHUNK
-    n_chunks = math.ceil(n_cols / chunk)
-    chunk_max = np.empty(n_rows * n_chunks, np.float32)
-    build(half_kernels.half_split_max)(b.x, b.x_stride, b.mask, b.mask_stride, n_rows, n_cols,
-                                       chunk, chunk_max)
-    maxima = chunk_max.reshape(n_rows, n_chunks).max(axis=1)
-    chunk_sum = np.empty(n_rows * n_chunks)
-    build(half_kernels.half_split_sum_exp)(b.x, b.x_stride, b.mask, b.mask_stride, n_rows,
-                                           n_cols, chunk, inv_t, maxima, chunk_sum)
-    sums = chunk_sum.reshape(n_rows, n_chunks).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if op == "softmax":
-            build(half_kernels.half_split_softmax_store)(
-                b.x, b.x_stride, b.mask, b.mask_stride, b.out, b.out_stride, n_rows, n_cols,
-                chunk, inv_t, maxima, (1.0 / sums).astype(np.float32))
-        elif op == "log_softmax":
-            build(half_kernels.half_split_shift)(
-                b.x, b.x_stride, b.mask, b.mask_stride, b.out, b.out_stride, n_rows, n_cols,
-                chunk, inv_t, maxima, np.log(sums).astype(np.float32))
+            build(half_kernels.half_split_shift if half else kernels.split_shift)(
+                *rows_out, inv_t, maxima, np.log(sums).astype(dtype))
         else:
             _store_logsumexp(b, maxima, sums)
 

@@ -98,15 +98,46 @@ def f32_to_f16(f):
     return np.uint16(bits | sign)
 
 
+# One loop per format, straight-line so that it vectorises. Compiled, the format is chosen by
+# the view's type when Numba types the call (the overloads below); without the JIT, by dtype.
+_ZERO = np.float32(0.0)
+
+
+def _decode_bf16(bits, dst):
+    for j in range(bits.size):
+        dst[j] = bf16_to_f32(bits[j])
+
+
+def _decode_f16(bits, dst):
+    for j in range(bits.size):
+        dst[j] = f16_to_f32(bits[j])
+
+
+def _encode_bf16(src, sel, factor, dst):
+    for j in range(src.size):
+        dst[j] = f32_to_bf16(pick(sel, j, scaled(src[j], factor), _ZERO))
+
+
+def _encode_f16(src, sel, factor, dst):
+    for j in range(src.size):
+        dst[j] = np.uint16(f32_to_f16(pick(sel, j, scaled(src[j], factor), _ZERO))).view(
+            np.int16)
+
+
+def _store_float32(src, sel, factor, dst):
+    for j in range(src.size):
+        dst[j] = pick(sel, j, scaled(src[j], factor), _ZERO)
+
+
+_DECODERS = {BFLOAT16_BITS: _decode_bf16, FLOAT16_BITS: _decode_f16}
+_ENCODERS = {BFLOAT16_BITS: _encode_bf16, FLOAT16_BITS: _encode_f16,
+             np.dtype(np.float32): _store_float32}
+
+
 def decode_block(bits, dst):
     """dst[j] = float32 value of the half-precision ``bits[j]``: bfloat16 for a ``uint16``
     view, float16 for an ``int16`` view (see the module docstring)."""
-    if bits.dtype == BFLOAT16_BITS:
-        for j in range(bits.size):
-            dst[j] = bf16_to_f32(bits[j])
-    else:
-        for j in range(bits.size):
-            dst[j] = f16_to_f32(bits[j])
+    _DECODERS[bits.dtype](bits, dst)
 
 
 def encode_block(src, sel, factor, dst):
@@ -114,16 +145,7 @@ def encode_block(src, sel, factor, dst):
     not None and False) in the format of ``dst``: rounded to bfloat16 bits for a ``uint16``
     view, float16 bits for an ``int16`` view, the value itself for float32. Scaling here
     saves softmax a pass of stores and loads."""
-    for j in range(src.size):
-        value = np.float32(0.0) if sel is not None and not sel[j] else src[j]
-        if factor is not None and (sel is None or sel[j]):
-            value = np.float32(value * factor)
-        if dst.dtype == np.float32:
-            dst[j] = value
-        elif dst.dtype == BFLOAT16_BITS:
-            dst[j] = f32_to_bf16(value)
-        else:
-            dst[j] = np.uint16(f32_to_f16(value)).view(np.int16)
+    _ENCODERS[dst.dtype](src, sel, factor, dst)
 
 
 def widen(bits, dst):
@@ -142,31 +164,6 @@ if not numba.config.DISABLE_JIT:
     f16_to_f32 = building_block(f16_to_f32)
     f32_to_f16 = building_block(f32_to_f16)
 
-    def _decode_bf16(bits, dst):
-        for j in range(bits.size):
-            dst[j] = bf16_to_f32(bits[j])
-
-    def _decode_f16(bits, dst):
-        for j in range(bits.size):
-            dst[j] = f16_to_f32(bits[j])
-
-    _ZERO = np.float32(0.0)
-
-    def _encode_bf16(src, sel, factor, dst):
-        for j in range(src.size):
-            dst[j] = f32_to_bf16(pick(sel, j, scaled(src[j], factor), _ZERO))
-
-    def _encode_f16(src, sel, factor, dst):
-        for j in range(src.size):
-            dst[j] = np.uint16(f32_to_f16(pick(sel, j, scaled(src[j], factor), _ZERO))).view(
-                np.int16)
-
-    def _store_float32(src, sel, factor, dst):
-        for j in range(src.size):
-            dst[j] = pick(sel, j, scaled(src[j], factor), _ZERO)
-
-    # The format is chosen by the view's type when Numba compiles the call: each loop is
-    # straight-line and vectorises.
     @overload(decode_block, jit_options=NUMBA_OPTIONS)
     def _decode_block_overload(bits, dst):
         return {types.uint16: _decode_bf16, types.int16: _decode_f16}.get(bits.dtype)

@@ -1,8 +1,8 @@
 """The one place where Numba options are chosen.
 
 Every kernel and building block is compiled through :func:`building_block`,
-:func:`reduction` or :func:`kernel_pair`, so the fast-math flags, the on-disk cache and the error model are
-set once, here, and nowhere else.
+:func:`reduction` or :func:`kernel_pair`, so the fast-math flags, the on-disk cache, the
+error model and the SIMD width are set once, here, and nowhere else.
 """
 
 from __future__ import annotations

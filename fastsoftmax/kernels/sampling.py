@@ -140,10 +140,10 @@ def gather_between(p, lo, hi, buffer):
 
 
 @building_block
-def threshold_search(p, unit, target, lo, hi, weight_lo, count_inside, buffer):
+def threshold_search(p, unit, target, lo, hi, count_inside, buffer):
     """The largest value ``t`` of ``p`` with ``weight{p >= t} >= target``.
 
-    Requires ``weight{p >= lo} = weight_lo >= target > 0``, ``hi`` above every value, and
+    Requires ``weight{p >= lo} >= target > 0``, ``hi`` above every value, and
     ``count_inside`` values in ``[lo, hi)``. Bisects the keys while more than ``buffer.size``
     values remain in between (keeping ``weight{p >= hi} < target``), then sorts those and
     walks down from ``hi``, adding weights.
@@ -157,7 +157,7 @@ def threshold_search(p, unit, target, lo, hi, weight_lo, count_inside, buffer):
         mid = key_value(key_lo + (key_hi - key_lo) // 2, p)
         w, count_upper = weigh(p, mid, hi, unit)
         if w >= target:
-            lo, weight_lo, count_inside = mid, w, count_upper
+            lo, count_inside = mid, count_upper
         else:
             hi, weight_hi, count_inside = mid, w, count_inside - count_upper
     n = gather_between(p, lo, hi, buffer)
@@ -168,7 +168,7 @@ def threshold_search(p, unit, target, lo, hi, weight_lo, count_inside, buffer):
         total += np.float64(weight(values[i], unit))
         if total >= target and (i == 0 or values[i - 1] != values[i]):
             return values[i]
-    return values[0] if n else lo  # rounding: the sum fell short of weight_lo
+    return values[0] if n else lo  # rounding: the sum fell short of weight{p >= lo}
 
 
 @building_block
@@ -209,10 +209,10 @@ def filtered_draw(p, min_p, top_k, top_p, u, buffer):
     if top_k > 0:
         count = weigh(p, t, above_all, one)[0]
         if count > top_k:
-            t = threshold_search(p, one, np.float64(top_k), t, above_all, count, count, buffer)
+            t = threshold_search(p, one, np.float64(top_k), t, above_all, count, buffer)
     mass, count = weigh(p, t, above_all, None)
     if top_p < 1.0:
-        t = threshold_search(p, None, top_p * mass, t, above_all, mass, count, buffer)
+        t = threshold_search(p, None, top_p * mass, t, above_all, count, buffer)
         mass = weigh(p, t, t, None)[0]
     return inverse_cdf(p, t, u * mass)
 
