@@ -205,3 +205,21 @@ def test_backward_bad_input():
         fastsoftmax.softmax_backward(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="log_softmax_backward: out must be"):
         fastsoftmax.log_softmax_backward(np.zeros(3), np.zeros(3), out=np.zeros(4))
+
+
+@pytest.mark.parametrize("shape", [(3, 50000), (64, 32000)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_gradient_is_the_same_serial_and_parallel(shape, dtype):
+    # Regression: above the serial threshold the parallel build lost the target's
+    # -(1 - eps) * scale / T term (Numba dropped a store into a slice a call returned).
+    rng = np.random.default_rng(37)
+    x, t = logits_and_targets(rng, *shape, dtype, ignored=1)
+    with fastsoftmax.threads(1):
+        serial = fastsoftmax.cross_entropy(x, t, label_smoothing=0.1, return_grad=True)
+    parallel = fastsoftmax.cross_entropy(x, t, label_smoothing=0.1, return_grad=True)
+    np.testing.assert_array_equal(parallel[1], serial[1])
+    want = reference.cross_entropy(x, t, label_smoothing=0.1, return_grad=True)
+    np.testing.assert_allclose(parallel[1], want[1], **TOL[dtype])
+    in_place = x.copy()
+    fastsoftmax.cross_entropy(in_place, t, label_smoothing=0.1, grad_out=in_place)
+    np.testing.assert_array_equal(in_place, serial[1])

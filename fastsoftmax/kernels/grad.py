@@ -36,6 +36,24 @@ def log_softmax_backward_rows(g, g_stride, logp, logp_stride, out, out_stride, n
         log_softmax_grad_store(grow, lrow, total, out[r * out_stride:r * out_stride + n_cols])
 
 
+# Stores in a prange body go through building blocks (fill, subtract_at), never straight into
+# an array a call returned (``dst`` below): Numba's parallel build drops such a store as dead
+# code, because its alias analysis does not see that the returned slice is part of ``grad``
+# (the serial build keeps it). That bug once lost the target's term of the parallel gradient.
+
+@building_block
+def fill(dst, value):
+    """dst[:] = value."""
+    for j in range(dst.size):
+        dst[j] = value
+
+
+@building_block
+def subtract_at(dst, j, value):
+    """dst[j] -= value."""
+    dst[j] -= value
+
+
 @building_block
 def _row_loss(row, target, m, s, inv_t, smoothing, n_cols):
     """Cross-entropy of one row (scaled logits z = row * inv_t, lse = logsumexp(z)):
@@ -74,8 +92,7 @@ def cross_entropy_grad_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, 
         target = targets[r]
         if target == ignore_index:
             losses[r] = 0.0
-            for j in range(n_cols):
-                dst[j] = 0.0
+            fill(dst, 0.0)
             continue
         m = row_max(row, None)
         s = sum_exp(row, None, m, cast_like(row, inv_t), next_row(x, r, n_rows, x_stride, n_cols))
@@ -84,4 +101,4 @@ def cross_entropy_grad_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, 
         cross_entropy_grad_store(row, m, cast_like(row, inv_t), cast_like(row, 1.0 / s),
                                  cast_like(row, factor), cast_like(row, smoothing / n_cols),
                                  row_of(grad, r * grad_stride, n_cols))
-        dst[target] -= cast_like(row, factor * (1.0 - smoothing))
+        subtract_at(dst, target, cast_like(row, factor * (1.0 - smoothing)))
