@@ -1,20 +1,21 @@
-"""The public functions: softmax, log_softmax and logsumexp.
+"""The public functions of the softmax family (softmax, log_softmax, logsumexp) and warmup.
 
-Each one normalises its arguments into rows (:mod:`fastsoftmax.normalize`), lets
+Each one hands its arguments to :mod:`fastsoftmax.arguments`, which lays them out as rows, lets
 :mod:`fastsoftmax.plan` pick and run a kernel (:mod:`fastsoftmax.kernels`), and returns the
-result shaped like the input.
+result shaped like the input. Tensors go through :mod:`fastsoftmax.tensors`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import interop, plan
-from .interop import is_tensor
-from .parallel import parallel_available
-from .normalize import common_case, prepare
+from . import arguments, plan
+from .registry import OPERATIONS, operation
+from .tensors import accepts_tensors
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "warmup"]
+SOFTMAX, LOG_SOFTMAX, LOGSUMEXP = (OPERATIONS[name] for name in
+                                   ("softmax", "log_softmax", "logsumexp"))
 
 
 def softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None):
@@ -63,7 +64,7 @@ def softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None):
     array([[0.5 , 0.5 ],
            [0.25, 0.75]])
     """
-    return _compute("softmax", x, axis, where, out, dtype, temperature)
+    return _forward(SOFTMAX, x, axis, where, out, dtype, temperature)
 
 
 def log_softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None):
@@ -79,7 +80,7 @@ def log_softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None
     >>> log_softmax(np.array([0.0, np.log(3.0)])).round(6)
     array([-1.386294, -0.287682])
     """
-    return _compute("log_softmax", x, axis, where, out, dtype, temperature)
+    return _forward(LOG_SOFTMAX, x, axis, where, out, dtype, temperature)
 
 
 def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
@@ -111,53 +112,31 @@ def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
     array([[1.386294],
            [1.386294]])
     """
-    result = _compute("logsumexp", x, axis, where, out, dtype, 1.0,
-                      reduce=True, keepdims=keepdims)
+    result = _forward(LOGSUMEXP, x, axis, where, out, dtype, 1.0, keepdims)
     if out is None and isinstance(result, np.ndarray) and not result.ndim:
         return result[()]
     return result
 
 
-def _compute(name, x, axis, where, out, dtype, temperature, reduce=False, keepdims=False):
-    """Normalise, plan and run one call; the common case on a short path (see common_case)."""
+def _forward(op, x, axis, where, out, dtype, temperature, keepdims=False):
+    """Run one call of the softmax family. The common call (a C-contiguous float32/float64
+    ndarray, no options) takes a short path that skips the argument layer's generality and
+    the tensor adapter (arguments.contiguous_rows: a tensor never qualifies)."""
     if (where is None and dtype is None and type(temperature) in (float, int)
             and temperature == 1 and not keepdims):
-        rows = common_case(x, axis, out, reduce)
+        rows = arguments.contiguous_rows(x, axis, out, op.reduces)
         if rows is not None:
             x_flat, out_flat, n_rows, n_cols, result = rows
-            plan.run_common(name, x_flat, out_flat, n_rows, n_cols, reduce)
+            plan.run_contiguous(op, x_flat, out_flat, n_rows, n_cols)
             return result
-    if is_tensor(x) or is_tensor(out) or is_tensor(where):
-        return _compute_tensors(name, x, axis, where, out, dtype, temperature, reduce, keepdims)
-    batch = prepare(name, x, axis, where, out, dtype, temperature=temperature, reduce=reduce,
-                    keepdims=keepdims)
-    plan.run(name, batch)
-    return batch.finish()
+    return _general(op, x, axis, where, out, dtype, temperature, keepdims)
 
 
-def _compute_tensors(name, x, axis, where, out, dtype, temperature, reduce, keepdims):
-    """:func:`_compute` for PyTorch tensors: NumPy views in, a tensor out (interop.py)."""
-    expected = interop.result_dtype(x, dtype)
-    bits = False
-    tensor_in = is_tensor(x)
-    if tensor_in:
-        # bfloat16 goes in as its bits unless float64 is asked for (then widened first)
-        bits_ok = dtype is None or np.dtype(dtype) == np.float32
-        x, bits = interop.tensor_to_numpy(x, name, "x", bits_ok=bits_ok)
-        bits = bits and bits_ok
-    if is_tensor(where):
-        where = interop.tensor_to_numpy(where, name, "where", bits_ok=False)[0]
-    out_tensor = out
-    if is_tensor(out):
-        interop.check_out_tensor(out, expected, name)
-        out = interop.tensor_to_numpy(out, name, "out", bits_ok=True)[0]
-    batch = prepare(name, x, axis, where, out, dtype, temperature=temperature, reduce=reduce,
-                    keepdims=keepdims, bfloat16_bits=bits)
-    plan.run(name, batch)
-    result = batch.finish()
-    if out_tensor is not None and result is out:
-        return out_tensor
-    return interop.to_tensor(result, False) if tensor_in else result
+@accepts_tensors("x", "where", "out")
+def _general(op, x, axis, where, out, dtype, temperature, keepdims):
+    batch = arguments.prepare_rows(op, x, axis, where, out, dtype, temperature=temperature,
+                                   keepdims=keepdims)
+    return plan.run(op, batch)
 
 
 def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "logsumexp")):
@@ -165,47 +144,47 @@ def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "
 
     Kernels otherwise compile on first use: about 1-3 s for each function and dtype the first
     time on a machine, a fraction of a second from the cache afterwards. Call this at start-up
-    to move that cost out of a latency-sensitive path. It covers the common call (C-contiguous
-    input, no ``where``, temperature 1, with and without ``out``), serial and parallel builds,
-    and rows split across threads; other variants still compile on first use.
+    to move that cost out of a latency-sensitive path. It covers the common call of each
+    function (C-contiguous input, no ``where``, temperature 1, a new result) with every build
+    the plan may pick (serial, parallel, rows split across threads); other variants still
+    compile on first use.
 
     Parameters
     ----------
     dtypes : iterable of dtype-like, default ("float32", "float64")
-        Also "float16" and "bfloat16" (the half-precision kernels; no ml_dtypes needed).
+        Also "float16" and "bfloat16" (no ml_dtypes needed).
     functions : iterable of str, default ("softmax", "log_softmax", "logsumexp")
-        Also "sample" (sampling without ``where``, and greedy decoding; about 10 s per dtype
-        cold; half-precision logits are sampled by the float32 kernels).
+        Any public function: also "softmax_backward", "log_softmax_backward",
+        "cross_entropy" and "sample" (sampling with top-p, and greedy decoding; about 10 s a
+        dtype cold).
 
     Examples
     --------
     >>> import fastsoftmax
     >>> fastsoftmax.warmup(dtypes=["float32"], functions=["softmax"])
     """
+    ops = [operation(name, "warmup") for name in functions]
     for dtype in dtypes:
-        bfloat16 = str(dtype) == "bfloat16" or getattr(dtype, "__name__", "") == "bfloat16"
-        if bfloat16:
-            x = np.zeros((2, 8), np.uint16)  # bits, as a bfloat16 tensor is handed over
-        else:
-            dtype = np.dtype(dtype)
-            if dtype not in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)):
-                raise ValueError("warmup: dtypes must be float32, float64, float16 or "
-                                 f"bfloat16, got {dtype}")
-            x = np.zeros((2, 8), dtype)
-        for name in functions:
-            if name not in ("softmax", "log_softmax", "logsumexp", "sample"):
-                raise ValueError(f"warmup: unknown function {name!r}")
-            builds = ((False, False), (True, False), (True, True))
-            if not parallel_available():
-                builds = builds[:1]  # e.g. a forked child of an OpenMP process: serial only
-            if name == "sample":
-                logits = x if x.dtype.kind == "f" and x.itemsize > 2 else x.astype(np.float32)
-                for parallel, greedy in {(p, g) for p, _ in builds for g in (False, True)}:
-                    plan.run_sample(logits.reshape(-1), 8, None, 0, 2, 8, 1.0, 0.0, 0, 1.0,
-                                    np.zeros(2), greedy=greedy, parallel=parallel)
-                continue
-            reduce = name == "logsumexp"
-            for parallel, split in builds:
-                plan.run(name, prepare(name, x, -1, None, None, None, reduce=reduce,
-                                       bfloat16_bits=bfloat16),
-                         parallel=parallel, split=split)
+        x = _warmup_input(dtype)
+        for op in ops:
+            function = op.public()
+            builds = op.builds if plan.parallel_available() else ("serial",)
+            for call in op.calls:
+                args, kwargs = call(x)
+                for build in builds:
+                    with plan.force_build(build):
+                        function(*args, **kwargs)
+
+
+def _warmup_input(dtype):
+    """A tiny batch of logits of ``dtype`` (bfloat16 as bits, as a tensor hands it over)."""
+    if str(dtype) == "bfloat16" or getattr(dtype, "__name__", "") == "bfloat16":
+        return arguments.Bfloat16Bits(np.zeros((2, 8), np.uint16))
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)):
+        raise ValueError(f"warmup: dtypes must be float32, float64, float16 or bfloat16, got "
+                         f"{dtype}")
+    return np.linspace(-1.0, 1.0, 16).reshape(2, 8).astype(dtype)

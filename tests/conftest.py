@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from .helpers import FUNCTIONS
+from .cases import FUNCTIONS
 
 PURE_PYTHON = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 

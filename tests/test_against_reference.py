@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .helpers import FUNCTIONS, assert_matches_reference, layouts, random_logits
+from .cases import FUNCTIONS, check_against_reference as assert_matches_reference
+from .inputs import layouts, random_logits
 
 SHAPES = [(7,), (1, 1), (3, 5), (4, 1), (1, 9), (2, 3, 4), (5, 0), (0, 5), (0,), (2, 0, 3),
           (64, 33), (3, 2, 2, 5)]

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 import fastsoftmax
-from .helpers import ELEMENTWISE, FUNCTIONS, default_atol, random_logits
 from fastsoftmax import plan
-from fastsoftmax.normalize import prepare
+from fastsoftmax.registry import OPERATIONS
+
+from .cases import ELEMENTWISE, FUNCTIONS
+from .inputs import random_logits
 
 
 def test_worked_examples():
@@ -91,63 +93,12 @@ def test_logsumexp_of_whole_array_is_a_scalar():
     assert got == pytest.approx(np.log(4.0))
 
 
-def _run_with(op, x, where=None, out=None, temperature=1.0, **choice):
-    batch = prepare(op, x, -1, where, out, None, temperature=temperature,
-                    reduce=op == "logsumexp")
-    plan.run(op, batch, **choice)
-    return batch.finish()
-
-
-def _hard_batch(rng, shape, dtype):
-    x = random_logits(rng, shape, dtype)
-    x[1, 5] = np.inf
-    x[2] = -np.inf
-    x[3, 7] = np.nan
-    return x
-
-
-@pytest.mark.parametrize("op", FUNCTIONS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("split", [False, True])
-def test_serial_and_parallel_builds_are_bitwise_identical(op, dtype, masked, split, monkeypatch):
-    monkeypatch.setattr(plan, "SPLIT_CHUNK", 700)
-    rng = np.random.default_rng(25)
-    x = _hard_batch(rng, (37, 1001 + 2 * dtype().itemsize), dtype)
-    where = rng.random(x.shape) > 0.2 if masked else None
-    serial = _run_with(op, x, where, parallel=False, split=split)
-    parallel = _run_with(op, x, where, parallel=True, split=split)
-    np.testing.assert_array_equal(serial, parallel)
-
-
-@pytest.mark.parametrize("op", FUNCTIONS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_split_rows_match_whole_rows(op, dtype, masked, temperature, monkeypatch):
-    monkeypatch.setattr(plan, "SPLIT_CHUNK", 1000)
-    rng = np.random.default_rng(27)
-    x = _hard_batch(rng, (5, 4321), dtype)
-    where = rng.random(x.shape) > 0.3 if masked else None
-    if masked:
-        where[4] = False  # a row with nothing selected
-    kwargs = {} if op == "logsumexp" else {"temperature": temperature}
-    whole = _run_with(op, x, where, split=False, **kwargs)
-    split = _run_with(op, x, where, split=True, **kwargs)
-    np.testing.assert_allclose(split, whole, rtol=8 * np.finfo(dtype).eps,
-                               atol=default_atol(op, x, dtype))
-    np.testing.assert_array_equal(np.isnan(split), np.isnan(whole))
-    if op != "logsumexp":
-        in_place = x.copy()
-        _run_with(op, in_place, where, out=in_place, split=True, **kwargs)
-        np.testing.assert_array_equal(in_place, split)
-
-
 @pytest.mark.large
 def test_one_huge_row_is_split_across_threads(monkeypatch):
     calls = []
-    real = plan._run_split
-    monkeypatch.setattr(plan, "_run_split", lambda *a: calls.append(a[0]) or real(*a))
+    real = plan.run_split
+    monkeypatch.setattr(plan, "run_split",
+                        lambda op, batch: calls.append(op.name) or real(op, batch))
     x = random_logits(np.random.default_rng(28), (1, 3 * plan.SPLIT_CHUNK + 5), np.float32)
     for op in FUNCTIONS:
         got = FUNCTIONS[op][0](x)
@@ -157,9 +108,10 @@ def test_one_huge_row_is_split_across_threads(monkeypatch):
 
 
 def test_plan_runs_small_batches_serially():
-    assert not plan.use_parallel(1, 1000)
-    assert not plan.use_parallel(8, 100)
-    assert not plan.use_split(10_000, 1000)
+    softmax = OPERATIONS["softmax"]
+    assert plan.choose_build(softmax, 1, 1000) == "serial"
+    assert plan.choose_build(softmax, 8, 100) == "serial"
+    assert plan.choose_build(softmax, 10_000, 1000) != "split"
 
 
 @pytest.mark.large

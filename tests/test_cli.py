@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fastsoftmax import bench, cli, peers
+from fastsoftmax.tools import bench, cli, peers
 
 TINY = ["bench", "--shapes", "3x64,1x10", "--functions", "softmax,logsumexp", "--dtypes",
         "float32", "--peers", "reference", "--repeat", "2", "--no-progress"]

@@ -92,7 +92,7 @@ def test_lazy_and_no_full_row_is_ever_built():
     # tree reductions of the per-row statistics
     blocks = x.numblocks[0] * x.numblocks[1]
     assert {k.split("-")[0].strip("('") for k in keys} >= {"_block_max", "_block_sums",
-                                                           "_block_normalise"}
+                                                           "_block_finish"}
     assert len(keys) < 6 * blocks
     np.testing.assert_allclose(y.sum(axis=1).compute(), 1.0, rtol=1e-12)
 

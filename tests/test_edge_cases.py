@@ -6,25 +6,8 @@ import numpy as np
 import pytest
 
 import fastsoftmax
-from .helpers import FUNCTIONS
-
-inf, nan = np.inf, np.nan
-
-# row -> (softmax, log_softmax, logsumexp)
-TABLE = {
-    "finite": ([0.0, np.log(3.0)], [0.25, 0.75], [np.log(0.25), np.log(0.75)], np.log(4.0)),
-    "some -inf": ([-inf, 0.0, 0.0], [0.0, 0.5, 0.5], [-inf, np.log(0.5), np.log(0.5)],
-                  np.log(2.0)),
-    "all -inf": ([-inf, -inf], [nan, nan], [nan, nan], -inf),
-    "one +inf": ([inf, 0.0], [nan, nan], [nan, nan], inf),
-    "two +inf": ([inf, inf, 1.0], [nan, nan, nan], [nan, nan, nan], inf),
-    "+inf and -inf": ([inf, -inf], [nan, nan], [nan, nan], inf),
-    "NaN": ([nan, 1.0], [nan, nan], [nan, nan], nan),
-    "NaN and +inf": ([inf, nan], [nan, nan], [nan, nan], nan),
-    "NaN and -inf": ([-inf, nan], [nan, nan], [nan, nan], nan),
-    "single element": ([5.0], [1.0], [0.0], 5.0),
-}
-
+from .cases import FUNCTIONS
+from .inputs import EDGE_ROWS as TABLE, inf, nan
 
 @pytest.mark.parametrize("case", list(TABLE))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .helpers import ELEMENTWISE, FUNCTIONS
+from .cases import ELEMENTWISE, FUNCTIONS
 
 x2 = np.zeros((2, 3))
 

@@ -9,42 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from .helpers import FUNCTIONS, assert_matches_reference
-
-SPECIAL = [np.inf, -np.inf, np.nan, 1e30, -1e30, 5e-324, -1e-310, 1e-40, 0.0, -0.0]
-DTYPES = [np.float32, np.float64, np.float16, np.int32, np.uint8, np.bool_]
+from .cases import FUNCTIONS, check_against_reference as assert_matches_reference
+from .inputs import logits_arrays
 
 
 @st.composite
 def calls(draw):
     name = draw(st.sampled_from(list(FUNCTIONS)))
-    dtype = draw(st.sampled_from(DTYPES))
-    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6))
-    if draw(st.booleans()):  # now and then a longer last axis
-        shape = shape[:-1] + (draw(st.integers(7, 3000)),)
-    # values: random logits of a drawn spread, a drawn fraction of them replaced by specials
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    x = rng.standard_normal(shape) * draw(st.sampled_from([0.1, 3.0, 30.0]))
-    special_fraction = draw(st.sampled_from([0.0, 0.01, 0.3]))
-    chosen = rng.random(shape) < special_fraction
-    x[chosen] = rng.choice(SPECIAL, size=int(chosen.sum()))
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.dtype(dtype).kind in "iub":
-            x = np.nan_to_num(x, posinf=0, neginf=0).clip(0 if dtype != np.int32 else -99, 99)
-        x = x.astype(dtype)
-    # strides: reverse, transpose, every other element
-    layout = draw(st.sampled_from(["plain", "reversed", "transposed", "strided", "readonly"]))
-    if layout == "reversed":
-        x = x[::-1]
-    elif layout == "transposed" and x.ndim > 1:
-        x = np.ascontiguousarray(x.T).T
-    elif layout == "strided":
-        wide = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)
-        wide[..., ::2] = x
-        x = wide[..., ::2]
-    elif layout == "readonly":
-        x = x.copy()
-        x.flags.writeable = False
+    x = draw(logits_arrays())
     axis = draw(st.sampled_from([None, *range(-x.ndim, x.ndim)]))
     kwargs = {}
     if draw(st.booleans()):

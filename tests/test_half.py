@@ -9,10 +9,10 @@ import pytest
 import fastsoftmax
 from fastsoftmax import plan
 from fastsoftmax.kernels import halfbits
-from fastsoftmax.normalize import prepare
+from fastsoftmax.registry import BUILDS
 
-from .helpers import FUNCTIONS, random_logits
-from .test_edge_cases import TABLE
+from .cases import ELEMENTWISE, FUNCTIONS
+from .inputs import EDGE_ROWS as TABLE, random_logits
 
 try:
     import ml_dtypes
@@ -185,32 +185,37 @@ def test_extreme_values_do_not_overflow(func_name, dtype):
 # The half-precision kernels run the float32 arithmetic on the widened values and round once:
 # their results are bit for bit the float32 results rounded to the input's format.
 
-@pytest.mark.parametrize("dtype", HALF_DTYPES)
-@pytest.mark.parametrize("options", [
-    {}, {"axis": 0}, {"axis": None}, {"temperature": 0.7},
-    {"where": np.arange(40) % 3 != 0},
-])
-def test_equals_float32_result_rounded(func_name, dtype, options):
-    if func_name == "logsumexp" and "temperature" in options:
-        pytest.skip("logsumexp has no temperature")
-    x = random_logits(np.random.default_rng(2), (6, 40), np.float32).astype(dtype)
-    ours = FUNCTIONS[func_name][0]
+def assert_float32_result_rounded(name, x, **options):
+    ours = FUNCTIONS[name][0]
     got = np.asarray(ours(x, **options))
     with np.errstate(all="ignore"):
-        want = np.asarray(ours(x.astype(np.float32), **options)).astype(dtype)
+        want = np.asarray(ours(x.astype(np.float32), **options)).astype(x.dtype)
     same_bits_or_both_nan(got, want)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
-@pytest.mark.parametrize("parallel,split", [(False, False), (True, False), (True, True)])
-def test_builds_agree_bitwise(func_name, dtype, parallel, split):
+@pytest.mark.parametrize("options", [
+    {}, {"axis": 0}, {"axis": None}, {"where": np.arange(40) % 3 != 0},
+])
+def test_equals_float32_result_rounded(func_name, dtype, options):
+    x = random_logits(np.random.default_rng(2), (6, 40), np.float32).astype(dtype)
+    assert_float32_result_rounded(func_name, x, **options)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_with_a_temperature_equals_float32_result_rounded(name, dtype):
+    x = random_logits(np.random.default_rng(2), (6, 40), np.float32).astype(dtype)
+    assert_float32_result_rounded(name, x, temperature=0.7)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_build_equals_float32_result_rounded(func_name, dtype, build):
     x = random_logits(np.random.default_rng(3), (3, 70_000), np.float32).astype(dtype)
-    reduce = func_name == "logsumexp"
-    batch = prepare(func_name, x, -1, None, None, None, reduce=reduce)
-    plan.run(func_name, batch, parallel=parallel, split=split)
-    with np.errstate(all="ignore"):
-        want = np.asarray(FUNCTIONS[func_name][0](x.astype(np.float32))).astype(dtype)
-    same_bits_or_both_nan(np.asarray(batch.finish()), want)
+    with plan.force_build(build):
+        assert_float32_result_rounded(func_name, x)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)

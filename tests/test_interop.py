@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import fastsoftmax
-from fastsoftmax import interop, reference
+from fastsoftmax import reference, tensors
+from fastsoftmax.arguments import Bfloat16Bits
 
-from .helpers import FUNCTIONS
+from .cases import FUNCTIONS
 
 
 def test_optional_libraries_are_not_imported_for_numpy_input():
@@ -67,11 +68,14 @@ def test_torch_bfloat16_result_is_the_float32_result_rounded(torch):
 def test_torch_input_is_not_copied(torch):
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         t = torch.randn(4, 8).to(dtype)
-        view, _ = interop.tensor_to_numpy(t, "softmax", "x", bits_ok=True)
+        view = tensors.tensor_to_numpy(t, "softmax", "x")
+        if dtype == torch.bfloat16:
+            assert isinstance(view, Bfloat16Bits)
+            view = view.bits
         assert view.__array_interface__["data"][0] == t.data_ptr()
     # a transposed (non-contiguous) tensor is viewed too, with its strides
     t = torch.randn(8, 4).T
-    view, _ = interop.tensor_to_numpy(t, "softmax", "x", bits_ok=True)
+    view = tensors.tensor_to_numpy(t, "softmax", "x")
     assert view.__array_interface__["data"][0] == t.data_ptr()
     torch.testing.assert_close(fastsoftmax.softmax(t), torch.softmax(t, -1))
 
@@ -118,7 +122,8 @@ def test_torch_errors(torch):
         fastsoftmax.log_softmax(torch.empty(3, device="meta"))
     with pytest.raises(TypeError, match="cross_entropy: logits requires grad"):
         fastsoftmax.cross_entropy(torch.randn(2, 3, requires_grad=True), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"softmax: out must be a tensor of dtype torch.bfloat16"):
+    with pytest.raises(ValueError, match=r"softmax: out must have shape \(3,\) and dtype "
+                                         r"bfloat16, got shape \(3,\) and dtype float32"):
         fastsoftmax.softmax(torch.randn(3).to(torch.bfloat16), out=torch.empty(3))
     with pytest.raises(ValueError, match="out must have shape"):
         fastsoftmax.softmax(torch.randn(3), out=torch.empty(4))

@@ -153,12 +153,12 @@ def test_read_only_install_falls_back_to_a_user_cache():
             open(os.path.join(folder, "__pycache__"), "w").close()
     subprocess.run(["chmod", "-R", "a-w", site], check=True)
     code = """
-        import os, numpy as np, fastsoftmax, fastsoftmax.bench
+        import os, numpy as np, fastsoftmax, fastsoftmax.tools.bench
         assert fastsoftmax.__file__.startswith(os.environ["SITE"])
         x = np.random.default_rng(2).standard_normal((64, 100))
         np.testing.assert_allclose(fastsoftmax.softmax(x), fastsoftmax.reference.softmax(x),
                                    rtol=1e-12)
-        print("cache", fastsoftmax.bench.machine_info()["cache_dir"])
+        print("cache", fastsoftmax.tools.bench.machine_info()["cache_dir"])
     """
     try:
         done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=root,

@@ -16,10 +16,9 @@ from scipy import stats
 import fastsoftmax
 from fastsoftmax import plan, reference
 from fastsoftmax.kernels import sampling as sampling_kernels
-from fastsoftmax.normalize import _as_rows
 
 from .conftest import PURE_PYTHON
-from .helpers import random_logits
+from .inputs import random_logits
 
 # A small vocabulary whose every token has a large expected count in 20,000 draws, in an
 # order that is not sorted (the inverse CDF runs in index order, the filters by value).
@@ -194,13 +193,14 @@ def test_concurrent_calls_from_python_threads():
         assert np.array_equal(want, got)
 
 
-@pytest.mark.parametrize("greedy", [False, True])
-def test_serial_and_parallel_builds_agree(greedy):
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_serial_and_parallel_builds_agree(temperature):
     x = random_logits(np.random.default_rng(14), (37, 50))
-    x_flat, stride = _as_rows(x, np.dtype(np.float64))
-    u = np.random.default_rng(1).random(37)
-    runs = [plan.run_sample(x_flat, stride, None, 0, 37, 50, 1.0, 0.0, 5, 0.9, u,
-                            greedy=greedy, parallel=parallel) for parallel in (False, True)]
+    runs = []
+    for build in ("serial", "parallel"):
+        with plan.force_build(build):
+            runs.append(fastsoftmax.sample(x, temperature=temperature, top_k=5, top_p=0.9,
+                                           seed=1))
     assert np.array_equal(*runs)
 
 

@@ -442,17 +442,63 @@ def row_sum(a):
 
 
 @building_block
-def softmax_grad_store(g, y, dot, dst):
-    """dst = y * (g - dot): the softmax backward pass."""
+def _softmax_grad_into(g, y, dot, dst):
     for j in range(g.size):
         dst[j] = y[j] * (g[j] - dot)
 
 
 @building_block
-def log_softmax_grad_store(g, logp, total, dst):
-    """dst = g - exp(logp) * total: the log_softmax backward pass (logp <= 0)."""
+def _softmax_grad_in_place(g, y, dot):
+    for j in range(g.size):
+        y[j] = y[j] * (g[j] - dot)
+
+
+def softmax_grad_store(g, y, dot, dst):
+    """dst (or ``y``, for None) = y * (g - dot): the softmax backward pass."""
+    if dst is None:
+        _softmax_grad_in_place(g, y, dot)
+    else:
+        _softmax_grad_into(g, y, dot, dst)
+
+
+@building_block
+def _log_softmax_grad_into(g, logp, total, dst):
     for j in range(g.size):
         dst[j] = g[j] - exp(logp[j]) * total
+
+
+@building_block
+def _log_softmax_grad_in_place(g, logp, total):
+    for j in range(g.size):
+        logp[j] = g[j] - exp(logp[j]) * total
+
+
+def log_softmax_grad_store(g, logp, total, dst):
+    """dst (or ``logp``, for None) = g - exp(logp) * total: the log_softmax backward pass
+    (logp <= 0)."""
+    if dst is None:
+        _log_softmax_grad_in_place(g, logp, total)
+    else:
+        _log_softmax_grad_into(g, logp, total, dst)
+
+
+# Stores in a prange body go through building blocks (these two, the passes above), never
+# straight into an array that a call returned: Numba's parallel build drops such a store as
+# dead code, its alias analysis not seeing that the returned slice is part of an argument (the
+# serial build keeps it). That once lost the target's term of the parallel cross-entropy
+# gradient; tests/test_builds.py compares every kernel's builds bit for bit.
+
+@building_block
+def fill(dst, value):
+    """dst[:] = value."""
+    for j in range(dst.size):
+        dst[j] = value
+
+
+@building_block
+def subtract_at(dst, j, value):
+    """dst[j] -= value."""
+    dst[j] -= value
 
 
 @building_block
@@ -491,6 +537,18 @@ if not numba.config.DISABLE_JIT:
                                                                             log_sum)
         return lambda row, sel, m, inv_t, log_sum, dst: _shift_into(row, sel, m, inv_t,
                                                                     log_sum, dst)
+
+    @overload(softmax_grad_store, jit_options=NUMBA_OPTIONS)
+    def _softmax_grad_store_overload(g, y, dot, dst):
+        if isinstance(dst, types.NoneType):
+            return lambda g, y, dot, dst: _softmax_grad_in_place(g, y, dot)
+        return lambda g, y, dot, dst: _softmax_grad_into(g, y, dot, dst)
+
+    @overload(log_softmax_grad_store, jit_options=NUMBA_OPTIONS)
+    def _log_softmax_grad_store_overload(g, logp, total, dst):
+        if isinstance(dst, types.NoneType):
+            return lambda g, logp, total, dst: _log_softmax_grad_in_place(g, logp, total)
+        return lambda g, logp, total, dst: _log_softmax_grad_into(g, logp, total, dst)
 
     @overload(cross_entropy_grad_store, jit_options=NUMBA_OPTIONS)
     def _ce_grad_store_overload(row, m, inv_t, inv_sum, scale, smooth, dst):

@@ -1,8 +1,8 @@
 """Row kernels that draw one token per row from logits: greedy, and temperature sampling with
 the min-p, top-k and top-p filters, fused, and without sorting the row.
 
-Layout as in :mod:`fastsoftmax.kernels.softmax` (flat rows with a row stride, an optional flat
-``where`` mask). ``out[r]`` receives the drawn column, or a negative code for a row that cannot
+Layout, tasks and dtypes as in :mod:`fastsoftmax.kernels.softmax` (flat rows with a row
+stride, an optional flat ``where`` mask; half-precision rows widened into the scratch row). ``out[r]`` receives the drawn column, or a negative code for a row that cannot
 be sampled (:data:`NAN_ROW`, :data:`EMPTY_ROW`); the public layer turns codes into errors.
 
 Per row, after the max pass, the unnormalised probabilities ``p = exp((x - max) / T)`` are
@@ -32,7 +32,8 @@ from numba.core import types
 from numba.extending import overload
 
 from .jit import NUMBA_OPTIONS, building_block, kernel_pair, reduction
-from .numerics import BLOCK, cast_like, exp_store_sum, pick, row_max, row_of
+from .numerics import BLOCK, cast_like, exp_store_sum, next_row, pick, row_of
+from .rows import compute_buffer, load_max, result_target, row_buffer, task_rows
 
 # Codes written instead of a column for rows that cannot be sampled.
 NAN_ROW = -1     # a selected logit is NaN
@@ -257,43 +258,44 @@ def unsampleable(m):
 
 
 # --- kernels -----------------------------------------------------------------------------------
+# Layout, tasks and dtypes as in kernels/softmax.py; ``out[r]`` receives the drawn column.
 
 @kernel_pair
-def greedy_rows(x, x_stride, mask, mask_stride, n_rows, n_cols, out):
+def greedy_rows(x, x_stride, mask, mask_stride, n_rows, n_cols, out, n_tasks):
     """out[r] = the first selected index of row r's maximum (temperature 0)."""
-    for r in prange(n_rows):
-        row = x[r * x_stride:r * x_stride + n_cols]
-        sel = row_of(mask, r * mask_stride, n_cols)
-        m = row_max(row, sel)
-        code = unsampleable(m)
-        out[r] = code if code else first_equal(row, sel, m)
+    for task in prange(n_tasks):
+        buf = row_buffer(x, n_cols)
+        first, end = task_rows(task, n_tasks, n_rows)
+        for r in range(first, end):
+            sel = row_of(mask, r * mask_stride, n_cols)
+            row, m = load_max(x[r * x_stride:r * x_stride + n_cols], sel, buf)
+            code = unsampleable(m)
+            out[r] = code if code else first_equal(row, sel, m)
 
 
 @kernel_pair
 def sample_rows(x, x_stride, mask, mask_stride, n_rows, n_cols, inv_t, min_p, top_k, top_p,
-                u, workspace, out):
+                u, out, n_tasks):
     """out[r] = a token drawn from softmax(x[r] * inv_t) after the filters, with uniform u[r].
 
-    ``workspace`` holds one scratch row (``n_cols + GATHER`` values) per slot; slot ``s``
-    handles rows ``s, s + n_slots, ...`` (the prange runs over slots), so scratch memory is
-    bounded by the thread count.
+    Each task has one scratch row (``n_cols + GATHER`` values of the compute type): the
+    probabilities ``p`` of its current row, then the candidates at the end of a search.
     """
-    n_slots = workspace.shape[0]
-    for slot in prange(n_slots):
-        p = workspace[slot, :n_cols]
-        buffer = workspace[slot, n_cols:]
-        for r in range(slot, n_rows, n_slots):
-            row = x[r * x_stride:r * x_stride + n_cols]
+    for task in prange(n_tasks):
+        scratch = compute_buffer(x, n_cols + GATHER)
+        p = scratch[:n_cols]
+        buffer = scratch[n_cols:]
+        first, end = task_rows(task, n_tasks, n_rows)
+        for r in range(first, end):
+            src = x[r * x_stride:r * x_stride + n_cols]
             sel = row_of(mask, r * mask_stride, n_cols)
-            m = row_max(row, sel)
+            row, m = load_max(src, sel, p)
             code = unsampleable(m)
             if code:
                 out[r] = code
             elif m == np.inf:
                 out[r] = uniform_among_inf(row, sel, u[r])
             else:
-                following = r + n_slots
-                ahead = x[following * x_stride:following * x_stride + n_cols] \
-                    if following < n_rows else x[:0]
-                exp_store_sum(row, sel, m, inv_t, p, ahead)
+                exp_store_sum(row, sel, m, inv_t, result_target(src, p),
+                              next_row(x, r, n_rows, x_stride, n_cols))
                 out[r] = filtered_draw(p, min_p, top_k, top_p, u[r], buffer)

@@ -1,76 +1,93 @@
-"""Row kernels for softmax, log_softmax and logsumexp.
+"""Row kernels of the softmax family (softmax, log_softmax, logsumexp) and the passes that run
+them over rows cut into pieces.
 
-Every kernel sees the same layout, prepared by :mod:`fastsoftmax.plan`: ``n_rows`` rows of
-``n_cols`` contiguous elements, row ``r`` starting at ``r * x_stride`` in the flat input
-``x`` (a stride, so sliced and padded rows need no copy), at ``r * out_stride`` in ``out``
-and at ``r * mask_stride`` in ``mask`` (the ``where`` argument, or None; a stride of 0 shares
-one mask row). ``out`` None means in place: the result overwrites ``x`` (passing the same
-array twice instead would make LLVM guard every loop with an overlap check, and fall back to
-scalar code, with sums in another order, when the check fails). Kernels validate nothing and
-allocate nothing.
+Every kernel sees the same layout, prepared by :mod:`fastsoftmax.arguments`: ``n_rows`` rows of
+``n_cols`` contiguous elements, row ``r`` starting at ``r * x_stride`` in the flat input ``x``
+(a stride, so sliced and padded rows need no copy), at ``r * out_stride`` in ``out`` and at
+``r * mask_stride`` in ``mask`` (the ``where`` argument, or None; a stride of 0 shares one mask
+row). ``out`` None means in place: the result overwrites ``x`` (passing the same array twice
+instead would make LLVM guard every loop with an overlap check, and fall back to scalar code,
+with sums in another order, when the check fails). ``inv_t`` is 1/temperature in the compute
+dtype, or None for temperature 1 (the multiply is compiled away). Kernels validate nothing and
+allocate nothing but their tasks' scratch rows.
 
-The outer loop is ``prange``: :class:`~fastsoftmax.kernels.jit.KernelPair` builds each body
-once serial and once row-parallel, both with the same per-row code.
+One body per operation serves float32, float64 and half-precision bits: the row helpers of
+:mod:`~fastsoftmax.kernels.rows` are chosen by the row's type when Numba compiles the body.
+:class:`~fastsoftmax.kernels.jit.KernelPair` builds each body serial and row-parallel.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import prange
 
 from .jit import building_block, kernel_pair
-from .numerics import (cast_like, exp_store_sum, next_row, row_max, row_of, row_or,
-                       scale_store, shift_store, sum_exp)
+from .numerics import BLOCK, cast_like, exp_store_sum, next_row, row_of, row_or, sum_exp
+from .rows import (load, load_max, logsumexp_of, result_target, row_buffer, store_scaled,
+                   store_shifted, store_value, task_rows)
 
 
 @kernel_pair
-def softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, inv_t):
+def softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, inv_t,
+                 n_tasks):
     """out[r] = softmax(x[r] * inv_t): max pass, exp-store-sum pass, scale pass."""
-    for r in prange(n_rows):
-        row = x[r * x_stride:r * x_stride + n_cols]
-        dst = row_or(out, r * out_stride, n_cols, row)
-        sel = row_of(mask, r * mask_stride, n_cols)
-        m = row_max(row, sel)
-        s = exp_store_sum(row, sel, m, inv_t, row_of(out, r * out_stride, n_cols),
-                          next_row(x, r, n_rows, x_stride, n_cols))
-        scale_store(dst, sel, cast_like(dst, np.float64(1.0) / s))
+    for task in prange(n_tasks):
+        buf = row_buffer(x, n_cols)
+        first, end = task_rows(task, n_tasks, n_rows)
+        for r in range(first, end):
+            src = x[r * x_stride:r * x_stride + n_cols]
+            sel = row_of(mask, r * mask_stride, n_cols)
+            row, m = load_max(src, sel, buf)
+            s = exp_store_sum(row, sel, m, inv_t,
+                              result_target(src, row_of(out, r * out_stride, n_cols)),
+                              next_row(x, r, n_rows, x_stride, n_cols))
+            store_scaled(src, row, sel, cast_like(row, 1.0 / s),
+                         row_or(out, r * out_stride, n_cols, src))
 
 
 @kernel_pair
-def log_softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, inv_t):
+def log_softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, inv_t,
+                     n_tasks):
     """out[r] = log_softmax(x[r] * inv_t): max pass, sum-exp pass, shift pass."""
-    for r in prange(n_rows):
-        row = x[r * x_stride:r * x_stride + n_cols]
-        sel = row_of(mask, r * mask_stride, n_cols)
-        m = row_max(row, sel)
-        s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols))
-        shift_store(row, sel, m, inv_t, cast_like(row, np.log(np.float64(s))),
-                    row_of(out, r * out_stride, n_cols))
+    for task in prange(n_tasks):
+        buf = row_buffer(x, n_cols)
+        first, end = task_rows(task, n_tasks, n_rows)
+        for r in range(first, end):
+            src = x[r * x_stride:r * x_stride + n_cols]
+            sel = row_of(mask, r * mask_stride, n_cols)
+            row, m = load_max(src, sel, buf)
+            s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols))
+            store_shifted(src, row, sel, m, inv_t, cast_like(row, np.log(np.float64(s))),
+                          row_of(out, r * out_stride, n_cols),
+                          row_or(out, r * out_stride, n_cols, src))
 
 
 @kernel_pair
-def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, inv_t):
-    """out[r * out_stride] = logsumexp(x[r]) (``inv_t``, always None, keeps one signature)."""
-    for r in prange(n_rows):
-        row = x[r * x_stride:r * x_stride + n_cols]
-        sel = row_of(mask, r * mask_stride, n_cols)
-        m = row_max(row, sel)
-        if math.isfinite(m):
-            s = sum_exp(row, sel, m, None, next_row(x, r, n_rows, x_stride, n_cols))
-            out[r * out_stride] = cast_like(out, np.float64(m) + np.log(np.float64(s)))
-        else:
-            # -inf (nothing selected, only -inf, or an empty row), +inf or NaN: the answer
-            # is the max itself; the general formula would give log(nan) for the first two.
-            out[r * out_stride] = m
+def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, inv_t,
+                   n_tasks):
+    """out[r * out_stride] = logsumexp(x[r]): max pass, sum-exp pass (``inv_t``, always None
+    as logsumexp takes no temperature, keeps the signature of the family)."""
+    for task in prange(n_tasks):
+        buf = row_buffer(x, n_cols)
+        first, end = task_rows(task, n_tasks, n_rows)
+        for r in range(first, end):
+            src = x[r * x_stride:r * x_stride + n_cols]
+            sel = row_of(mask, r * mask_stride, n_cols)
+            row, m = load_max(src, sel, buf)
+            s = 0.0
+            if np.isfinite(m):  # else the max is the answer (and the exponentials are NaN)
+                s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols))
+            store_value(out, r * out_stride, logsumexp_of(m, s))
 
 
-# --- rows split across threads ---------------------------------------------------------------
+# --- rows cut into pieces ----------------------------------------------------------------------
 # For a batch of few, long rows (one 4M-column row), row-parallelism leaves threads idle. These
-# kernels cut every row into chunks of ``chunk`` elements and run one pass over all chunks in
-# parallel; the plan combines the per-chunk maxima and sums of each row in between. Chunk ``k``
-# is chunk ``k % n_chunks`` of row ``k // n_chunks``.
+# passes cut every row into chunks of ``chunk`` elements (a multiple of BLOCK) and run over all
+# chunks in parallel: the row maxima, then the sums of exponentials block by block, then the
+# last pass of the operation given each row's (max, sum). The plan combines the chunk maxima
+# and adds the block sums of each row in block order, as the row kernels add them, so a split
+# row gives the same bits as a whole one. fastsoftmax.dask runs the same passes on the blocks
+# of a dask array. Chunk ``k`` is chunk ``k % n_chunks`` of row ``k // n_chunks``.
 
 
 @building_block
@@ -86,55 +103,72 @@ def split_max(x, x_stride, mask, mask_stride, n_rows, n_cols, chunk, chunk_max):
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
-        chunk_max[k] = row_max(x[r * x_stride + start:r * x_stride + stop],
-                               row_of(mask, r * mask_stride + start, stop - start))
+        chunk_max[k] = load_max(x[r * x_stride + start:r * x_stride + stop],
+                                row_of(mask, r * mask_stride + start, stop - start),
+                                row_buffer(x, stop - start))[1]
+
+
+@building_block
+def block_sums_exp(row, sel, m, inv_t, dst):
+    """dst[b] = sum(exp((block b of row - m) * inv_t)) over the selected elements (float64),
+    each block summed exactly as :func:`~fastsoftmax.kernels.numerics.sum_exp` sums it."""
+    for b in range(dst.size):
+        start = b * BLOCK
+        stop = min(start + BLOCK, row.size)
+        dst[b] = sum_exp(row[start:stop], row_of(sel, start, stop - start), m, inv_t, row[:0])
 
 
 @kernel_pair
 def split_sum_exp(x, x_stride, mask, mask_stride, n_rows, n_cols, chunk, inv_t, maxima,
-                  chunk_sum):
-    """chunk_sum[k] = sum(exp((chunk k - row max) * inv_t)) over the selected elements."""
+                  block_sums):
+    """block_sums[r, b] = sum of exp((block b of row r - maxima[r]) * inv_t); ``block_sums``
+    is flat, ``ceil(n_cols / BLOCK)`` blocks a row."""
     n_chunks = (n_cols + chunk - 1) // chunk
+    n_blocks = (n_cols + BLOCK - 1) // BLOCK
     for k in prange(n_rows * n_chunks):
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
-        chunk_sum[k] = sum_exp(x[r * x_stride + start:r * x_stride + stop],
-                               row_of(mask, r * mask_stride + start, stop - start),
-                               maxima[r], inv_t, x[:0])
+        first = r * n_blocks + start // BLOCK
+        block_sums_exp(load(x[r * x_stride + start:r * x_stride + stop],
+                            row_buffer(x, stop - start)),
+                       row_of(mask, r * mask_stride + start, stop - start), maxima[r], inv_t,
+                       block_sums[first:first + (stop - start + BLOCK - 1) // BLOCK])
 
 
 @kernel_pair
-def split_exp_store_sum(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols,
-                        chunk, inv_t, maxima, chunk_sum):
-    """out = exp((x - row max) * inv_t) chunk by chunk; chunk_sum[k] = the chunk's sum."""
+def softmax_finish(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk,
+                   inv_t, maxima, sums):
+    """out = exp((x - row max) * inv_t) / row sum, chunk by chunk."""
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
         src = x[r * x_stride + start:r * x_stride + stop]
-        chunk_sum[k] = exp_store_sum(src, row_of(mask, r * mask_stride + start, stop - start),
-                                     maxima[r], inv_t,
-                                     row_of(out, r * out_stride + start, stop - start), x[:0])
+        sel = row_of(mask, r * mask_stride + start, stop - start)
+        row = load(src, row_buffer(x, stop - start))
+        exp_store_sum(row, sel, maxima[r], inv_t,
+                      result_target(src, row_of(out, r * out_stride + start, stop - start)),
+                      x[:0])
+        store_scaled(src, row, sel, cast_like(row, 1.0 / sums[r]),
+                     row_or(out, r * out_stride + start, stop - start, src))
 
 
 @kernel_pair
-def split_scale(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk,
-                factors):
-    """out (or x, in place) *= factors[row], chunk by chunk: the last pass of softmax."""
-    n_chunks = (n_cols + chunk - 1) // chunk
-    for k in prange(n_rows * n_chunks):
-        r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
-        dst = row_or(out, r * out_stride + start, stop - start,
-                     x[r * x_stride + start:r * x_stride + stop])
-        scale_store(dst, row_of(mask, r * mask_stride + start, stop - start), factors[r])
-
-
-@kernel_pair
-def split_shift(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk, inv_t,
-                maxima, log_sums):
-    """out = (x - row max) * inv_t - log(row sum), chunk by chunk: the last pass of
-    log_softmax."""
+def log_softmax_finish(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk,
+                       inv_t, maxima, sums):
+    """out = (x - row max) * inv_t - log(row sum), chunk by chunk."""
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
         src = x[r * x_stride + start:r * x_stride + stop]
-        shift_store(src, row_of(mask, r * mask_stride + start, stop - start), maxima[r], inv_t,
-                    log_sums[r], row_of(out, r * out_stride + start, stop - start))
+        row = load(src, row_buffer(x, stop - start))
+        store_shifted(src, row, row_of(mask, r * mask_stride + start, stop - start),
+                      maxima[r], inv_t, cast_like(row, np.log(sums[r])),
+                      row_of(out, r * out_stride + start, stop - start),
+                      row_or(out, r * out_stride + start, stop - start, src))
+
+
+@kernel_pair
+def logsumexp_finish(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk,
+                     inv_t, maxima, sums):
+    """out[r * out_stride] = logsumexp of row r from its max and sum (``x`` is not read)."""
+    for r in prange(n_rows):
+        store_value(out, r * out_stride, logsumexp_of(maxima[r], sums[r]))

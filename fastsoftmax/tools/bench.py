@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import peers, plan
+from .. import plan
+from ..parallel import parallel_available
+from . import peers
 
 QUICK_FUNCTIONS = ("softmax", "log_softmax", "logsumexp")
 QUICK_SHAPES = ((1, 1000), (1024, 1000), (16, 262144), (2048, 32000))
@@ -114,11 +116,11 @@ def _calibrate(fn) -> tuple[int, float]:
 
 def measure_roofline(function: str, x: np.ndarray, repeat: int) -> float:
     """GB/s of the simplest pass over the same bytes: scale-and-copy, or a read-only sum."""
-    from .kernels.roofline import scale_copy, sum_all
+    from .roofline import scale_copy, sum_all
     flat = x.reshape(-1)
     if peers.is_half(flat):  # Numba cannot type float16/bfloat16: the same bytes as integers
         flat = flat.view(np.uint16)
-    parallel = plan.use_parallel(x.size // x.shape[-1], x.shape[-1])
+    parallel = flat.size > plan.SERIAL_MAX_ELEMENTS and parallel_available()
     if function in peers.READ_ONLY:
         kernel = sum_all.build(parallel)
         fn = lambda: kernel(flat)  # noqa: E731
@@ -409,7 +411,7 @@ def machine_info() -> dict:
     import numba
 
     import fastsoftmax
-    from .kernels.roofline import sum_all
+    from .roofline import sum_all
 
     sum_all.parallel(np.ones(4))  # the threading layer is only chosen at the first parallel run
     try:

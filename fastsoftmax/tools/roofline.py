@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from numba import prange
 
-from .jit import kernel_pair
+from ..kernels.jit import kernel_pair
 
 
 @kernel_pair

@@ -1,0 +1,747 @@
+"""The argument layer: from what a caller passed to the batch of rows a kernel runs on.
+
+Every public function hands its arguments to one of the ``prepare_*`` functions below, which
+validate them and return a batch: the kernel to run (taken from the registry), its arguments
+(flat 1-D buffers of ``n_rows`` rows of ``n_cols`` contiguous elements with a row stride), and
+``finish()``, which shapes the result for the caller. Checks are shared, so the same mistake
+gets the same exception and message from every function: ``"<function>: <argument> must be
+<what>, got <what was given>"``, a ``TypeError`` for the wrong kind of argument and a
+``ValueError`` for a wrong value.
+
+Only what must be copied is copied: the input when its rows are not contiguous or its dtype
+differs from the compute dtype; the output when the caller's ``out`` cannot be written row by
+row. float16 and bfloat16 arrays reach the kernels as integer views of their bits
+(:mod:`fastsoftmax.kernels.halfbits`), which they widen themselves; bfloat16 tensors arrive
+from :mod:`fastsoftmax.tensors` as :class:`Bfloat16Bits`, as NumPy has no bfloat16 of its own.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .kernels import halfbits
+from .kernels.halfbits import BFLOAT16_BITS, FLOAT16_BITS
+from .kernels.jit import KernelPair
+from .kernels.sampling import EMPTY_ROW, NAN_ROW
+
+COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# --- half precision ---------------------------------------------------------------------------
+
+class Bfloat16Bits:
+    """bfloat16 values handed over as the ``uint16`` array of their bits (a PyTorch tensor:
+    NumPy has no bfloat16 without ml_dtypes). Results for such input are bits too."""
+
+    __slots__ = ("bits",)
+
+    def __init__(self, bits: np.ndarray):
+        self.bits = bits
+
+    @property
+    def shape(self):
+        return self.bits.shape
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """True for ``ml_dtypes.bfloat16`` (recognised by name: ml_dtypes is not imported)."""
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
+
+
+def half_bits_dtype(dtype: np.dtype):
+    """The integer view half-precision kernels read ``dtype`` through (uint16 for bfloat16,
+    int16 for float16: kernels/halfbits.py), or None for other dtypes."""
+    if is_bfloat16(dtype):
+        return BFLOAT16_BITS
+    if dtype.kind == "f" and dtype.itemsize == 2:
+        return FLOAT16_BITS
+    return None
+
+
+class Operand:
+    """An array argument: its values, and the integer view its half-precision bits are read
+    through (None for other dtypes). ``dtype`` is what the caller's results look like: the
+    array's dtype, or the bits dtype for :class:`Bfloat16Bits` (``bits_only``: ``array``
+    holds bits, not values)."""
+
+    __slots__ = ("array", "half", "bits_only")
+
+    def __init__(self, array: np.ndarray, half, bits_only: bool = False):
+        self.array, self.half, self.bits_only = array, half, bits_only
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    def dtype_name(self) -> str:
+        return "bfloat16" if self.bits_only else str(self.array.dtype)
+
+    def result_name(self, converted: bool = False) -> str | None:
+        """How to name the dtype of results of the same kind in a message: "bfloat16" for
+        bits (None: the dtype's own name; ``converted``: a ``dtype`` argument decides)."""
+        return "bfloat16" if self.bits_only and not converted else None
+
+
+def operand(value, func: str, name: str) -> Operand:
+    """``value`` as an array of real numbers (TypeError otherwise)."""
+    if isinstance(value, Bfloat16Bits):
+        return Operand(value.bits, BFLOAT16_BITS, True)
+    if isinstance(value, np.ndarray):
+        array = value
+    else:
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{func}: {name} must be array-like, got "
+                            f"{type(value).__name__}") from exc
+    dtype = array.dtype
+    if dtype.kind not in "biuf" and not is_bfloat16(dtype):
+        raise TypeError(f"{func}: {name} must be an array of real numbers (bool, integer or "
+                        f"float), got dtype {dtype}")
+    return Operand(array, half_bits_dtype(dtype))
+
+
+def dtype_policy(x: Operand, dtype, func: str):
+    """(compute dtype, result dtype) of input ``x`` by the dtype policy (README, "dtypes"):
+    float32 and float64 as they are; float16 and bfloat16 computed in float32, returned in
+    their format; bool and integers computed and returned in float64; ``dtype`` (float32 or
+    float64) converts first."""
+    if dtype is not None:
+        try:
+            wanted = np.dtype(dtype)
+        except TypeError as exc:
+            raise TypeError(f"{func}: dtype must be float32 or float64, got {dtype!r}") from exc
+        if wanted not in COMPUTE_DTYPES:
+            raise ValueError(f"{func}: dtype must be float32 or float64, got {wanted}")
+        wanted = wanted.newbyteorder("=")
+        return wanted, wanted
+    if x.half is not None:
+        return _F32, x.dtype.newbyteorder("=")
+    if x.dtype.kind == "f":
+        if x.dtype.itemsize == 4:
+            return _F32, _F32
+        if x.dtype.itemsize == 8:
+            return _F64, _F64
+        raise TypeError(f"{func}: x has dtype {x.dtype}, which is not supported; convert it "
+                        "with x.astype(np.float64)")
+    return _F64, _F64  # bool and integers: SciPy's rule
+
+
+def common_dtype(a: Operand, b: Operand, func: str, names: tuple[str, str]) -> Operand:
+    """The operand whose dtype the results of an operation on ``a`` and ``b`` have (NumPy's
+    promotion; the same half-precision format stays half precision)."""
+    if a.dtype == b.dtype and a.bits_only == b.bits_only:
+        return a
+    try:
+        promoted = np.result_type(_values_dtype(a), _values_dtype(b))
+    except TypeError:
+        raise TypeError(f"{func}: {names[0]} ({a.dtype_name()}) and {names[1]} "
+                        f"({b.dtype_name()}) have no common dtype") from None
+    return operand(np.empty(0, promoted), func, names[0])
+
+
+def _values_dtype(x: Operand) -> np.dtype:
+    return _F32 if x.bits_only else x.dtype
+
+
+# --- scalar arguments -------------------------------------------------------------------------
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_axis(axis, ndim: int, func: str):
+    """The non-negative axis, or None for the whole array."""
+    if axis is None:
+        return None
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{func}: axis must be an int or None, got {axis!r}")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{func}: axis {axis} is out of bounds for an array of dimension "
+                         f"{ndim}")
+    return axis % ndim
+
+
+def check_temperature(temperature, func: str, dtype=_F64, *, zero_ok=False) -> float:
+    """1/temperature, after checking that temperature is a positive finite number whose
+    reciprocal is finite in ``dtype`` (the kernels multiply by it). With ``zero_ok``, 0
+    (greedy sampling) gives 0."""
+    expected = "a finite number >= 0" if zero_ok else "a positive finite number"
+    if not _is_real(temperature):
+        raise ValueError(f"{func}: temperature must be {expected}, got {temperature!r}")
+    t = float(temperature)
+    if t == 1.0 or (zero_ok and t == 0.0):
+        return t
+    if not (t > 0.0 and math.isfinite(t)):
+        raise ValueError(f"{func}: temperature must be {expected}, got {temperature!r}")
+    largest = float(np.finfo(dtype).max)
+    if t < 1.0 / largest:  # 1/t would overflow in dtype
+        raise ValueError(f"{func}: temperature {temperature!r} is too small for "
+                         f"{np.dtype(dtype)}: 1/temperature overflows")
+    return 1.0 / t
+
+
+def check_fraction(value, func: str, name: str, *, default: float, low_open: bool) -> float:
+    """A probability argument as a float (``default`` for None): in (0, 1] with ``low_open``,
+    else in [0, 1]."""
+    interval = "(0, 1]" if low_open else "[0, 1]"
+    if value is None:
+        return default
+    if not _is_real(value):
+        raise TypeError(f"{func}: {name} must be a number in {interval} or None, got {value!r}")
+    v = float(value)
+    if not ((0.0 < v if low_open else 0.0 <= v) and v <= 1.0):
+        raise ValueError(f"{func}: {name} must be a number in {interval} or None, got "
+                         f"{value!r}")
+    return v
+
+
+def check_int(value, func: str, name: str, *, minimum=None, none_ok=False):
+    """An int argument (None passes through with ``none_ok``)."""
+    if value is None and none_ok:
+        return None
+    expected = "an int" + (f" >= {minimum}" if minimum is not None else "") + \
+        (" or None" if none_ok else "")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{func}: {name} must be {expected}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{func}: {name} must be {expected}, got {value!r}")
+    return int(value)
+
+
+def check_choice(value, func: str, name: str, choices: tuple):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{func}: {name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_seed(seed, func: str) -> np.random.Generator:
+    """The Generator a seed stands for: a Generator itself, or one seeded by an int or None."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, (bool, np.bool_))
+                             or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"{func}: seed must be None, an int or a numpy.random.Generator, got "
+                        f"{type(seed).__name__}")
+    try:
+        return np.random.default_rng(seed)
+    except ValueError as exc:
+        raise ValueError(f"{func}: seed {seed!r} is not valid: {exc}") from None
+
+
+def check_out(out, shape, dtype: np.dtype, func: str, name: str = "out", *,
+              dtype_name: str | None = None) -> np.ndarray:
+    """``out`` (an ndarray, or a :class:`Bfloat16Bits`) of exactly ``shape`` and ``dtype``,
+    writable; its array."""
+    if isinstance(out, Bfloat16Bits):
+        array, given = out.bits, "bfloat16"
+    elif isinstance(out, np.ndarray):
+        array, given = out, str(out.dtype)
+    else:
+        raise TypeError(f"{func}: {name} must be a numpy.ndarray, got {type(out).__name__}")
+    want = dtype_name or str(dtype)
+    if array.shape != tuple(shape) or array.dtype != dtype or given != want:
+        raise ValueError(f"{func}: {name} must have shape {tuple(shape)} and dtype {want}, "
+                         f"got shape {array.shape} and dtype {given}")
+    if not array.flags.writeable:
+        raise ValueError(f"{func}: {name} is read-only")
+    return array
+
+
+# --- rows ---------------------------------------------------------------------------------------
+
+def row_layout(a: np.ndarray):
+    """Describe a C-ordered batch of rows (last axis = row) as (flat 1-D view, row stride).
+
+    Returns None when the rows cannot be read from one flat buffer without a copy: the last
+    axis is not contiguous, the leading axes do not collapse to a single non-negative stride,
+    or the byte order is not native. The row stride is in elements and may be 0 (rows
+    broadcast from one).
+    """
+    if not a.dtype.isnative:
+        return None
+    n_cols = a.shape[-1]
+    itemsize = a.itemsize
+    if n_cols > 1 and a.strides[-1] != itemsize:
+        return None
+    # Collapse the leading axes: each must step by the stride of the one after it times that
+    # axis' length (axes of length 1 do not matter).
+    row_stride = None
+    span = None
+    for length, stride in zip(reversed(a.shape[:-1]), reversed(a.strides[:-1])):
+        if length == 1:
+            continue
+        if stride < 0 or stride % itemsize:
+            return None
+        if row_stride is None:
+            row_stride, span = stride, length
+        elif stride == row_stride * span:
+            span *= length
+        else:
+            return None
+    if row_stride is None:
+        row_stride = n_cols * itemsize
+    n_rows = a.size // n_cols if n_cols else int(np.prod(a.shape[:-1]))
+    if n_rows == 0 or n_cols == 0:
+        return np.empty(0, a.dtype), 0
+    stride_elems = row_stride // itemsize
+    length = (n_rows - 1) * stride_elems + n_cols
+    if a.flags.c_contiguous:
+        flat = a.reshape(-1)
+    else:
+        flat = np.lib.stride_tricks.as_strided(a, shape=(length,), strides=(itemsize,))
+    return flat, stride_elems
+
+
+def move_axis_last(a: np.ndarray, axis):
+    """View of ``a`` with the reduced axis last (the whole array as one row for None)."""
+    if axis is None:
+        return a.reshape(1, -1)  # a copy only for a non-contiguous input, never for out
+    if axis == a.ndim - 1:
+        return a
+    return np.moveaxis(a, axis, -1)
+
+
+def move_axis_back(rows: np.ndarray, axis, shape):
+    if axis is None:
+        return rows.reshape(shape)
+    return np.moveaxis(rows, -1, axis)
+
+
+def rows_of(moved: np.ndarray, x: Operand, compute: np.dtype):
+    """(flat rows, row stride) of ``moved`` (a view of ``x`` with the axis last) as the
+    kernels read it: half-precision bits when computing in float32, else values of the
+    compute dtype; copying only what cannot be read in place."""
+    if x.half is not None and compute == _F32:
+        if not moved.dtype.isnative:
+            moved = moved.astype(moved.dtype.newbyteorder("="))
+        return _flat_rows(moved.view(x.half))
+    if x.bits_only:  # bfloat16 bits wanted as float64: widen first
+        moved = widen_bits(moved)
+    return _flat_rows(moved, compute)
+
+
+def _flat_rows(moved: np.ndarray, dtype=None):
+    if dtype is None or moved.dtype == dtype:
+        layout = row_layout(moved)
+        if layout is not None:
+            return layout
+    contiguous = np.ascontiguousarray(moved, dtype=dtype)
+    return contiguous.reshape(-1), moved.shape[-1]
+
+
+def widen_bits(bits: np.ndarray) -> np.ndarray:
+    """float32 values of bfloat16 ``bits`` (any shape)."""
+    values = np.empty(bits.size, np.float32)
+    halfbits.widen(np.ascontiguousarray(bits).reshape(-1), values)
+    return values.reshape(bits.shape)
+
+
+def cast_result(values, dtype: np.dtype, bits_only: bool):
+    """float ``values`` (array or scalar) in the result dtype: rounded to the bits of
+    bfloat16 for :class:`Bfloat16Bits` input, else ``astype``."""
+    if not bits_only and np.ndim(values) == 0:
+        return dtype.type(values)
+    values = np.asarray(values)
+    if bits_only:
+        bits = np.empty(values.size, BFLOAT16_BITS)
+        with np.errstate(all="ignore"):
+            halfbits.narrow(np.ascontiguousarray(values, np.float32).reshape(-1), bits)
+        return bits.reshape(values.shape)[()]
+    return values.astype(dtype)[()]
+
+
+def mask_rows(where, x_shape, axis, func: str):
+    """(flat rows, row stride) of the boolean ``where`` broadcast to ``x_shape``."""
+    mask = np.asarray(where)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"{func}: where must be a boolean array, got dtype {mask.dtype}")
+    try:
+        mask = np.broadcast_to(mask, x_shape)
+    except ValueError:
+        raise ValueError(f"{func}: where has shape {mask.shape}, which does not broadcast to "
+                         f"the shape of x {x_shape}") from None
+    if axis is None and not mask.flags.c_contiguous:
+        mask = np.ascontiguousarray(mask)
+    return _flat_rows(move_axis_last(mask, axis))
+
+
+def _overlap(out_flat, out_stride, x_flat, x_stride) -> str:
+    """"none", "same" (the output rows are the input rows: in place) or "partial"."""
+    if not np.may_share_memory(out_flat, x_flat):
+        return "none"
+    same = (out_flat.__array_interface__["data"][0] == x_flat.__array_interface__["data"][0]
+            and out_flat.shape == x_flat.shape and out_stride == x_stride)
+    return "same" if same else "partial"
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Batch:
+    """One call as the plan runs it: ``kernel(*args, n_tasks)`` over ``n_rows`` rows of
+    ``n_cols``, then ``finish()`` gives the caller's result."""
+
+    kernel: KernelPair
+    args: tuple
+    n_rows: int
+    n_cols: int
+    finish: Callable[[], object]
+
+
+@dataclass(slots=True)
+class RowBatch:
+    """A call of the softmax family: flat rows in, flat rows (or one value per row) out, in
+    the layout every kernel and split pass of kernels/softmax.py takes."""
+
+    kernel: KernelPair
+    x: np.ndarray            # flat input rows: compute dtype, or half-precision bits
+    x_stride: int
+    mask: np.ndarray | None  # flat boolean mask rows, or None
+    mask_stride: int
+    out: np.ndarray | None   # flat output rows (one element per row when reducing); None:
+    #                          in place, the kernel overwrites ``x``
+    out_stride: int
+    n_rows: int
+    n_cols: int
+    inv_t: object            # 1/temperature in the compute dtype, None for temperature 1
+    result: object           # what the caller gets back
+    written: np.ndarray | None = None  # a temporary the kernel wrote, to copy into result
+
+    @property
+    def args(self) -> tuple:
+        return (self.x, self.x_stride, self.mask, self.mask_stride, self.out, self.out_stride,
+                self.n_rows, self.n_cols, self.inv_t)
+
+    def finish(self):
+        """Copy a temporary into the result if one was used; return the result."""
+        if self.written is not None:
+            np.copyto(self.result, self.written, casting="unsafe")
+        return self.result
+
+
+# --- the softmax family -------------------------------------------------------------------------
+
+def prepare_rows(op, x, axis, where, out, dtype, *, temperature=1.0, keepdims=False) -> RowBatch:
+    """Validate a call of softmax, log_softmax or logsumexp and lay it out as rows.
+
+    The result has the shape of ``x`` (``op.reduces`` False) or one value per row, with
+    ``keepdims`` as in NumPy. float16 and bfloat16 input is read through an integer view of
+    its bits and the result written the same way: no float32 copy of the input is made.
+    """
+    func = op.name
+    xo = operand(x, func, "x")
+    x_arr = xo.array
+    compute, result_dtype = dtype_policy(xo, dtype, func)
+    bits = xo.half if compute == _F32 else None
+    # What the kernel writes: the compute dtype, or a half-precision result as its bits.
+    kernel_dtype = bits if bits is not None and result_dtype.itemsize == 2 else compute
+    if x_arr.ndim == 0:
+        raise ValueError(f"{func}: x must have at least one dimension, got a 0-d array (a "
+                         "scalar)")
+    axis = check_axis(axis, x_arr.ndim, func)
+    inv_t = check_temperature(temperature, func, compute)
+    reduce = op.reduces
+
+    x_moved = move_axis_last(x_arr, axis)
+    n_cols = x_moved.shape[-1]
+    row_shape = x_moved.shape[:-1]
+    n_rows = math.prod(row_shape)
+    if reduce:
+        if keepdims:
+            result_shape = tuple(1 if axis is None or i == axis else n
+                                 for i, n in enumerate(x_arr.shape))
+        else:
+            result_shape = () if axis is None else row_shape
+    else:
+        result_shape = x_arr.shape
+    if out is not None:
+        out = check_out(out, result_shape, result_dtype, func,
+                        dtype_name=xo.result_name(converted=dtype is not None))
+    mask, mask_stride = (None, 0) if where is None else mask_rows(where, x_arr.shape, axis,
+                                                                   func)
+    x_flat, x_stride = rows_of(x_moved, xo, compute)
+    kernel_inv_t = None if inv_t == 1.0 else compute.type(inv_t)
+    kernel = op.kernels[0]
+
+    # The kernel writes straight into ``out`` when its rows lie flat in memory, in the kernel's
+    # dtype, and it is either apart from the input or exactly the input (in place).
+    if out is not None and result_dtype.itemsize == kernel_dtype.itemsize:
+        rows = _writable_rows(out.view(kernel_dtype), axis, reduce, keepdims)
+        layout = None if rows is None else row_layout(rows)
+        if layout is not None and (layout[1] >= n_cols or n_rows <= 1):
+            out_flat, out_stride = layout
+            overlap = _overlap(out_flat, out_stride, x_flat, x_stride)
+            if overlap == "same" and x_flat.flags.writeable and not reduce:
+                return RowBatch(kernel, x_flat, x_stride, mask, mask_stride, None, x_stride,
+                                n_rows, n_cols, kernel_inv_t, out)
+            if overlap == "none":
+                return RowBatch(kernel, x_flat, x_stride, mask, mask_stride, out_flat,
+                                max(out_stride, 1), n_rows, n_cols, kernel_inv_t, out)
+
+    # Otherwise the kernel writes a fresh C-ordered buffer of rows.
+    buffer = np.empty(row_shape if reduce else x_moved.shape, kernel_dtype)
+    out_flat = buffer.reshape(-1)
+    out_stride = 1 if reduce else n_cols
+    shaped = buffer.reshape(result_shape) if reduce else move_axis_back(buffer, axis,
+                                                                       x_arr.shape)
+    if shaped.dtype != result_dtype and shaped.dtype.itemsize == result_dtype.itemsize:
+        shaped = shaped.view(result_dtype)  # half-precision bits as the caller's dtype
+    if out is None and result_dtype == shaped.dtype:
+        return RowBatch(kernel, x_flat, x_stride, mask, mask_stride, out_flat, out_stride,
+                        n_rows, n_cols, kernel_inv_t, shaped)
+    result = np.empty(result_shape, result_dtype) if out is None else out
+    return RowBatch(kernel, x_flat, x_stride, mask, mask_stride, out_flat, out_stride, n_rows,
+                    n_cols, kernel_inv_t, result, written=shaped)
+
+
+def _writable_rows(out: np.ndarray, axis, reduce: bool, keepdims: bool):
+    """A view of ``out`` as rows the kernel can write (one column when reducing), or None."""
+    if reduce:
+        if keepdims and axis is not None:
+            out = np.squeeze(out, axis)
+        elif axis is None and out.size == 1:
+            out = out.reshape(1)
+        return out[..., None]
+    if axis is None and not out.flags.c_contiguous:
+        return None
+    return move_axis_last(out, axis)
+
+
+def contiguous_rows(x, axis, out, reduce: bool):
+    """The rows of the most frequent call, or None: a C-contiguous native float32/float64
+    ndarray along its last axis, with ``out`` absent, ``x`` itself, or a separate C-contiguous
+    array (and no ``where``, ``dtype``, temperature or ``keepdims``, which the caller checks).
+
+    Returns ``(x_flat, out_flat, n_rows, n_cols, result)``, ``out_flat`` None for in place.
+    It skips :func:`prepare_rows`, whose generality costs several microseconds: as much as a
+    softmax of a few thousand elements. Anything unusual returns None and takes
+    :func:`prepare_rows`, which validates it.
+    """
+    if type(x) is not np.ndarray:
+        return None
+    ndim = x.ndim
+    x_dtype = x.dtype
+    # identity tests: the builtin native dtypes are singletons (anything else takes the
+    # general path, which handles it)
+    if not (ndim and type(axis) is int and (axis == -1 or axis == ndim - 1)
+            and (x_dtype is _F32 or x_dtype is _F64) and x.flags.c_contiguous):
+        return None
+    n_cols = x.shape[-1]
+    if n_cols == 0 or x.size == 0:
+        return None
+    shape = x.shape[:-1] if reduce else x.shape
+    x_flat = x.ravel()  # a view: x is C-contiguous
+    if out is None:
+        result = np.empty(shape, x_dtype)
+        out_flat = result.ravel()
+    elif (type(out) is np.ndarray and out.shape == shape and out.dtype is x_dtype
+            and out.flags.c_contiguous and out.flags.writeable):
+        result = out
+        if out is x and not reduce and x.flags.writeable:
+            out_flat = None  # in place
+        elif (out.base is not None or x.base is not None) and np.may_share_memory(out, x):
+            return None  # two arrays that own their memory cannot overlap; views may
+        else:
+            out_flat = out.ravel()
+    else:
+        return None
+    return x_flat, out_flat, x.size // n_cols, n_cols, result
+
+
+# --- the backward passes ------------------------------------------------------------------------
+
+def prepare_backward(op, grad, saved, axis, out, saved_name: str) -> Batch:
+    """Validate a backward pass (``grad`` and the ``saved`` forward output) as rows. The
+    kernel writes a buffer of its own, then copied into ``out``: any overlap of ``out`` with
+    the inputs is then harmless (the kernel reads each element before writing it)."""
+    func = op.name
+    g = operand(grad, func, "grad")
+    s = operand(saved, func, saved_name)
+    if g.array.shape != s.array.shape:
+        raise ValueError(f"{func}: grad has shape {g.array.shape} but {saved_name} has shape "
+                         f"{s.array.shape}; they must be equal")
+    kind = common_dtype(g, s, func, ("grad", saved_name))
+    compute, result_dtype = dtype_policy(kind, None, func)
+    if s.array.ndim == 0:
+        raise ValueError(f"{func}: grad and {saved_name} must have at least one dimension, "
+                         "got 0-d arrays")
+    axis = check_axis(axis, s.array.ndim, func)
+    shape = s.array.shape
+    if out is not None:
+        out = check_out(out, shape, result_dtype, func, dtype_name=kind.result_name())
+    g_moved, s_moved = move_axis_last(g.array, axis), move_axis_last(s.array, axis)
+    g_flat, g_stride = rows_of(g_moved, g, compute)
+    s_flat, s_stride = rows_of(s_moved, s, compute)
+    n_cols = s_moved.shape[-1]
+    n_rows = s_moved.size // n_cols if n_cols else 0
+    out_dtype = kind.half if kind.half is not None and result_dtype.itemsize == 2 else compute
+    buffer = np.empty(s_moved.shape, out_dtype)
+
+    def finish():
+        result = move_axis_back(buffer, axis, shape)
+        if result.dtype != result_dtype:
+            result = result.view(result_dtype) if result.dtype.itemsize == 2 else \
+                result.astype(result_dtype)
+        if out is None:
+            return result
+        np.copyto(out, result, casting="unsafe")
+        return out
+
+    return Batch(op.kernels[0], (g_flat, g_stride, s_flat, s_stride, buffer.reshape(-1), n_cols,
+                                 n_rows, n_cols), n_rows, n_cols, finish)
+
+
+# --- cross-entropy ------------------------------------------------------------------------------
+
+def prepare_cross_entropy(op, logits, targets, *, ignore_index, label_smoothing, reduction,
+                          temperature, return_grad, grad_out) -> Batch:
+    """Validate a cross-entropy call as rows of logits with one target each."""
+    func = op.name
+    xo = operand(logits, func, "logits")
+    x = xo.array
+    compute, result_dtype = dtype_policy(xo, None, func)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{func}: logits must have shape (rows, classes) or (classes,), "
+                         f"got {x.shape}")
+    one_row = x.ndim == 1
+    rows2d = x.reshape(1, -1) if one_row else x
+    n_rows, n_cols = rows2d.shape
+    if n_cols == 0:
+        raise ValueError(f"{func}: logits must have at least one class")
+    check_choice(reduction, func, "reduction", REDUCTIONS)
+    if not _is_real(label_smoothing) or not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"{func}: label_smoothing must be a number in [0, 1], got "
+                         f"{label_smoothing!r}")
+    ignore_index = check_int(ignore_index, func, "ignore_index")
+    inv_t = check_temperature(temperature, func, compute)
+    t = _targets(targets, func, n_rows, n_cols, ignore_index, one_row)
+    count = int(np.count_nonzero(t != ignore_index))
+    x_flat, x_stride = rows_of(rows2d, xo, compute)
+    losses = np.empty(n_rows)
+    smoothing = float(label_smoothing)
+
+    def loss():
+        if reduction == "none":
+            value = cast_result(losses, result_dtype, xo.bits_only)
+            return value[0] if one_row else value
+        total = losses.sum()
+        if reduction == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                total = total / count if count else np.nan
+        return cast_result(total, result_dtype, xo.bits_only)
+
+    if not (return_grad or grad_out is not None):
+        return Batch(op.kernels[0], (x_flat, x_stride, t, ignore_index, n_rows, n_cols, inv_t,
+                                     smoothing, losses), n_rows, n_cols, loss)
+
+    kernel_dtype = xo.half if xo.half is not None else compute
+    if grad_out is not None:
+        given = check_out(grad_out, x.shape, result_dtype, func, "grad_out",
+                          dtype_name=xo.result_name())
+        if not given.flags.c_contiguous:
+            raise ValueError(f"{func}: grad_out must be C-contiguous (or logits itself)")
+        grad = given
+    else:
+        grad = np.empty(x.shape, result_dtype)
+    grad_flat, grad_stride = row_layout(grad.view(kernel_dtype).reshape(n_rows, n_cols))
+    in_place = np.may_share_memory(grad_flat, x_flat)
+    if in_place and not (grad_flat.ctypes.data == x_flat.ctypes.data
+                         and grad_stride == x_stride and x_flat.dtype == grad_flat.dtype):
+        raise ValueError(f"{func}: grad_out overlaps logits other than exactly")
+    scale = (1.0 / count if count else 0.0) if reduction == "mean" else 1.0
+    result = grad_out if grad_out is not None else grad
+    return Batch(op.kernels[1], (x_flat, x_stride, t, ignore_index, n_rows, n_cols, inv_t,
+                                 smoothing, scale, losses, None if in_place else grad_flat,
+                                 grad_stride), n_rows, n_cols, lambda: (loss(), result))
+
+
+def _targets(targets, func, n_rows, n_classes, ignore_index, one_row) -> np.ndarray:
+    t = np.asarray(targets)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{func}: targets must be integer class indices, got dtype {t.dtype}")
+    want = () if one_row else (n_rows,)
+    if t.shape != want:
+        raise ValueError(f"{func}: targets must have shape {want} for logits of "
+                         f"{'one row' if one_row else f'{n_rows} rows'}, got {t.shape}")
+    t = np.ascontiguousarray(t.reshape(-1), dtype=np.int64)
+    outside = np.flatnonzero(t.view(np.uint64) >= n_classes)  # negatives wrap to huge
+    if outside.size:
+        bad = outside[t[outside] != ignore_index]
+        if bad.size:
+            row = int(bad[0])
+            raise IndexError(f"{func}: targets[{row}] = {t[row]} is not a class index in "
+                             f"[0, {n_classes}) nor ignore_index={ignore_index}")
+    return t
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+def prepare_sample(op, logits, *, temperature, top_k, top_p, min_p, where, seed, axis) -> Batch:
+    """Validate a sampling call as rows of logits with one uniform number each."""
+    func = op.name
+    xo = operand(logits, func, "logits")
+    x = xo.array
+    compute, _ = dtype_policy(xo, None, func)
+    if x.ndim == 0:
+        raise ValueError(f"{func}: logits must have at least one dimension, got a 0-d array")
+    axis = check_axis(axis, x.ndim, func)
+    inv_t = check_temperature(temperature, func, compute, zero_ok=True)
+    top_k = check_int(top_k, func, "top_k", minimum=1, none_ok=True)
+    top_p = check_fraction(top_p, func, "top_p", default=1.0, low_open=True)
+    min_p = check_fraction(min_p, func, "min_p", default=0.0, low_open=False)
+    rng = check_seed(seed, func)
+
+    x_moved = move_axis_last(x, axis)
+    n_cols = x_moved.shape[-1]
+    row_shape = () if axis is None else x_moved.shape[:-1]  # None: one row, a scalar result
+    n_rows = math.prod(row_shape)
+    if n_cols == 0:
+        raise ValueError(f"{func}: logits have an empty vocabulary (axis {axis} has length 0)")
+    mask, mask_stride = (None, 0) if where is None else mask_rows(where, x.shape, axis, func)
+    u = rng.random(n_rows)
+    x_flat, x_stride = rows_of(x_moved, xo, compute)
+    drawn = np.empty(n_rows, np.int64)
+
+    def finish():
+        _raise_for_bad_rows(func, drawn, row_shape)
+        result = drawn.reshape(row_shape)
+        return result[()] if result.ndim == 0 else result
+
+    rows = (x_flat, x_stride, mask, mask_stride, n_rows, n_cols)
+    if inv_t == 0.0:  # greedy
+        return Batch(op.kernels[1], rows + (drawn,), n_rows, n_cols, finish)
+    return Batch(op.kernels[0], rows + (compute.type(inv_t), min_p, 0 if top_k is None else
+                                        top_k, top_p, u, drawn), n_rows, n_cols, finish)
+
+
+def _raise_for_bad_rows(func, drawn: np.ndarray, row_shape) -> None:
+    """ValueError naming the rows the kernel could not sample (NaN first)."""
+    for code, why in ((NAN_ROW, "a NaN logit"),
+                      (EMPTY_ROW, "no token that can be sampled (all -inf or masked out)")):
+        bad = np.flatnonzero(drawn == code)
+        if bad.size:
+            verb = "has" if bad.size == 1 else "have"
+            raise ValueError(f"{func}: {_name_rows(bad, row_shape)} {verb} {why}")
+
+
+def _name_rows(flat_rows: np.ndarray, row_shape, limit: int = 10) -> str:
+    """``row 3``, ``rows [3, 7]``, or index tuples for a batch of more than one dimension."""
+    if len(row_shape) > 1:
+        names = [tuple(int(i) for i in np.unravel_index(r, row_shape))
+                 for r in flat_rows[:limit]]
+    else:
+        names = [int(r) for r in flat_rows[:limit]]
+    more = f" and {flat_rows.size - limit} more" if flat_rows.size > limit else ""
+    if flat_rows.size == 1:
+        return f"row {names[0]}" if row_shape else "the row"
+    return f"rows {names}{more}"

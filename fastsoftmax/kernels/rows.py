@@ -1,0 +1,272 @@
+"""Reading and writing rows of every supported dtype, so that one kernel body serves them all.
+
+A kernel sees the input row ``src`` as it is stored: float32 or float64 values, or the integer
+view of float16/bfloat16 bits (:mod:`~fastsoftmax.kernels.halfbits`). It computes on ``row``,
+the values in the compute type: ``src`` itself for float rows; for half-precision rows, the
+values widened into a float32 buffer of the kernel's task (a row of a large batch is 256 KB of
+bfloat16, 512 KB widened: it stays in L2). Results go to ``dst``, the output row as stored
+(the caller's ``out`` or, in place, ``src``), rounded once at the end for half precision.
+
+Which of the two happens is decided by the row's type when Numba compiles the kernel, as it
+picks float32 or float64 code: the helpers below are overloaded on the dtype (without the JIT,
+they test the dtype at run time). So a half-precision row costs no copy of the batch, each
+element is widened once, and its arithmetic is exactly that of float32 input.
+
+Every kernel that stores a result row follows the same sequence::
+
+    buf = row_buffer(x, n_cols)                 # once per task: scratch for widened rows
+    row, m = load_max(src, sel, buf)            # or row = load(src, buf)
+    ... compute into result_target(src, out_row) ...   # None: in place, into ``row``
+    ... adjust result_row(src, row, dst) ...        # where those results now are
+    commit(src, row, dst)                       # half precision: round them into ``dst``
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba.core import types
+from numba.extending import overload
+
+from .halfbits import decode_block, encode_block, f32_to_bf16, f32_to_f16
+from .jit import NUMBA_OPTIONS, building_block
+from .numerics import BLOCK, maximum, row_max, row_of, scale_store, shift_store
+
+_F32_NEG_INF = np.float32(-np.inf)
+
+
+def is_half_bits(arr) -> bool:
+    """True for the integer view of float16/bfloat16 bits (the kernels' half-precision rows)."""
+    return arr.dtype.kind in "iu"
+
+
+# --- the half-precision passes (building blocks of the overloads below) ------------------------
+
+@building_block
+def widen_max(bits, sel, dst):
+    """dst = float32 values of a half-precision row; returns the max of the selected ones
+    (NaN if one is NaN, -inf if none is selected)."""
+    m = _F32_NEG_INF
+    for start in range(0, bits.size, BLOCK):
+        stop = min(start + BLOCK, bits.size)
+        block = dst[start:stop]
+        decode_block(bits[start:stop], block)
+        m = maximum(m, row_max(block, row_of(sel, start, stop - start)))
+    return m
+
+
+@building_block
+def scale_narrow(row, sel, factor, dst):
+    """dst = row * factor (0 where not selected), rounded to the format of ``dst``."""
+    for start in range(0, row.size, BLOCK):
+        stop = min(start + BLOCK, row.size)
+        encode_block(row[start:stop], row_of(sel, start, stop - start), factor,
+                     dst[start:stop])
+
+
+@building_block
+def shift_narrow(row, sel, m, inv_t, log_sum, dst):
+    """dst = (row - m) * inv_t - log_sum (-inf where not selected), rounded to the format of
+    ``dst``: the log_softmax pass; ``row`` (float32) is overwritten on the way."""
+    for start in range(0, row.size, BLOCK):
+        stop = min(start + BLOCK, row.size)
+        block = row[start:stop]
+        shift_store(block, row_of(sel, start, stop - start), m, inv_t, log_sum, None)
+        encode_block(block, None, None, dst[start:stop])
+
+
+# --- the protocol: pure-Python bodies (NUMBA_DISABLE_JIT), overloaded by dtype when compiled ---
+
+def row_buffer(x, n):
+    """Scratch for ``n`` widened values of the rows of ``x``: a new float32 array for
+    half-precision bits, an empty view (nothing allocated) for float rows."""
+    if is_half_bits(x):
+        return np.empty(n, np.float32)
+    return x[:0]
+
+
+def compute_buffer(x, n):
+    """A new array of ``n`` values in the compute type of the rows of ``x`` (float32 for
+    half-precision bits): scratch for a kernel's own intermediate rows."""
+    if is_half_bits(x):
+        return np.empty(n, np.float32)
+    return np.empty(n, x.dtype)
+
+
+def load(src, buf):
+    """The values of ``src`` in the compute type: ``src`` itself, or widened into ``buf``."""
+    if is_half_bits(src):
+        decode_block(src, buf[:src.size])
+        return buf[:src.size]
+    return src
+
+
+def load_max(src, sel, buf):
+    """``(load(src, buf), max of its selected values)`` in one pass."""
+    if is_half_bits(src):
+        return buf[:src.size], widen_max(src, sel, buf[:src.size])
+    return src, row_max(src, sel)
+
+
+def result_target(src, out_row):
+    """Where a pass that writes a float result row should write it: the output row (None: in
+    place, into the input row) for float rows; None (in place, into the widened row) for
+    half-precision rows, which are rounded into their output afterwards."""
+    if is_half_bits(src):
+        return None
+    return out_row
+
+
+def result_row(src, row, dst):
+    """The row holding the float results a pass wrote to :func:`result_target`: ``dst`` for
+    float rows, the widened ``row`` for half-precision ones."""
+    if is_half_bits(src):
+        return row
+    return dst
+
+
+def commit(src, row, dst):
+    """For half-precision input, round the float32 results (in the widened ``row``) into
+    ``dst``: its half-precision format, or float32; for float rows the results are already in
+    ``dst``."""
+    if is_half_bits(src):
+        encode_block(row, None, None, dst)
+
+
+def store_scaled(src, row, sel, factor, dst):
+    """The softmax pass: ``dst`` *= factor for float rows (``dst`` holds the exponentials);
+    ``dst`` = row * factor rounded, for half-precision rows (0 where not selected)."""
+    if is_half_bits(src):
+        scale_narrow(row, sel, factor, dst)
+    else:
+        scale_store(dst, sel, factor)
+
+
+def store_shifted(src, row, sel, m, inv_t, log_sum, out_row, dst):
+    """The log_softmax pass, (row - m) * inv_t - log_sum (-inf where not selected): into
+    ``out_row`` (None: in place) for float rows, rounded into ``dst`` for half-precision."""
+    if is_half_bits(src):
+        shift_narrow(row, sel, m, inv_t, log_sum, dst)
+    else:
+        shift_store(row, sel, m, inv_t, log_sum, out_row)
+
+
+def store_value(out, j, value):
+    """out[j] = ``value`` (float64) in the format of ``out``: rounded to its float dtype, or
+    to float32 and then to the half-precision format of its bits."""
+    if out.dtype == np.uint16:
+        out[j] = f32_to_bf16(np.float32(value))
+    elif out.dtype == np.int16:
+        out[j] = np.uint16(f32_to_f16(np.float32(value))).view(np.int16)
+    else:
+        out[j] = out.dtype.type(value)
+
+
+def logsumexp_of(m, s):
+    """logsumexp of a row from its max ``m`` and ``s = sum(exp(row - m))``: ``m + log(s)``,
+    or ``m`` itself when it is not finite (-inf: nothing selected or only -inf; +inf; NaN)."""
+    if math.isfinite(m):
+        return np.float64(m) + np.log(np.float64(s))
+    return np.float64(m)
+
+
+if not numba.config.DISABLE_JIT:
+    logsumexp_of = building_block(logsumexp_of)
+
+    def _half(arr_type) -> bool:
+        return isinstance(arr_type, types.Array) and isinstance(arr_type.dtype, types.Integer)
+
+    @overload(row_buffer, jit_options=NUMBA_OPTIONS)
+    def _row_buffer_overload(x, n):
+        if _half(x):
+            return lambda x, n: np.empty(n, np.float32)
+        return lambda x, n: x[:0]
+
+    @overload(compute_buffer, jit_options=NUMBA_OPTIONS)
+    def _compute_buffer_overload(x, n):
+        if _half(x):
+            return lambda x, n: np.empty(n, np.float32)
+        return lambda x, n: np.empty(n, x.dtype)
+
+    @overload(load, jit_options=NUMBA_OPTIONS)
+    def _load_overload(src, buf):
+        if _half(src):
+            def widened(src, buf):
+                values = buf[:src.size]
+                decode_block(src, values)
+                return values
+            return widened
+        return lambda src, buf: src
+
+    @overload(load_max, jit_options=NUMBA_OPTIONS)
+    def _load_max_overload(src, sel, buf):
+        if _half(src):
+            def widened(src, sel, buf):
+                values = buf[:src.size]
+                return values, widen_max(src, sel, values)
+            return widened
+        return lambda src, sel, buf: (src, row_max(src, sel))
+
+    @overload(result_target, jit_options=NUMBA_OPTIONS)
+    def _result_target_overload(src, out_row):
+        if _half(src):
+            return lambda src, out_row: None
+        return lambda src, out_row: out_row
+
+    @overload(result_row, jit_options=NUMBA_OPTIONS)
+    def _result_row_overload(src, row, dst):
+        if _half(src):
+            return lambda src, row, dst: row
+        return lambda src, row, dst: dst
+
+    @overload(commit, jit_options=NUMBA_OPTIONS)
+    def _commit_overload(src, row, dst):
+        if _half(src):
+            return lambda src, row, dst: encode_block(row, None, None, dst)
+        return lambda src, row, dst: None
+
+    @overload(store_scaled, jit_options=NUMBA_OPTIONS)
+    def _store_scaled_overload(src, row, sel, factor, dst):
+        if _half(src):
+            return lambda src, row, sel, factor, dst: scale_narrow(row, sel, factor, dst)
+        return lambda src, row, sel, factor, dst: scale_store(dst, sel, factor)
+
+    @overload(store_shifted, jit_options=NUMBA_OPTIONS)
+    def _store_shifted_overload(src, row, sel, m, inv_t, log_sum, out_row, dst):
+        if _half(src):
+            return (lambda src, row, sel, m, inv_t, log_sum, out_row, dst:
+                    shift_narrow(row, sel, m, inv_t, log_sum, dst))
+        return (lambda src, row, sel, m, inv_t, log_sum, out_row, dst:
+                shift_store(row, sel, m, inv_t, log_sum, out_row))
+
+    @overload(store_value, jit_options=NUMBA_OPTIONS)
+    def _store_value_overload(out, j, value):
+        if out.dtype == types.uint16:
+            def bfloat16(out, j, value):
+                out[j] = f32_to_bf16(np.float32(value))
+            return bfloat16
+        if out.dtype == types.int16:
+            def float16(out, j, value):
+                out[j] = np.uint16(f32_to_f16(np.float32(value))).view(np.int16)
+            return float16
+        if out.dtype == types.float32:
+            def single(out, j, value):
+                out[j] = np.float32(value)
+            return single
+        def double(out, j, value):
+            out[j] = np.float64(value)
+        return double
+
+
+# --- tasks -------------------------------------------------------------------------------------
+# Row kernels loop ``prange(n_tasks)``; task ``t`` handles a run of consecutive rows, so scratch
+# (``row_buffer``) is allocated once per task, not per row. The plan picks ``n_tasks`` (1 for
+# the serial build); the runs differ in length by at most one row. A row's arithmetic does not
+# depend on its task, so every task count gives the same bits.
+
+@building_block
+def task_rows(task, n_tasks, n_rows):
+    """(first row, end row) of task ``task`` of ``n_tasks``."""
+    return task * n_rows // n_tasks, (task + 1) * n_rows // n_tasks

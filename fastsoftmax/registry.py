@@ -1,0 +1,136 @@
+"""The registry of operations: each public function of fastsoftmax described once.
+
+Every layer reads this table instead of naming operations itself: the argument layer takes
+an operation's kernels from it, the plan its builds (serial, row-parallel, rows split across
+threads) and split passes, :mod:`fastsoftmax.dask` the operations it can run on chunked rows,
+:func:`fastsoftmax.warmup` the calls to compile ahead, the benchmark command
+(:mod:`fastsoftmax.tools`) the cases and peers to time, and the tests the functions to check
+against their references on every build. Adding an operation means a kernel body, a reference
+function, the public function, and one entry here (``docs/design.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import reference
+from .kernels import grad, sampling, softmax
+from .kernels.jit import KernelPair
+
+BUILDS = ("serial", "parallel", "split")
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What the layers need to know about one public function.
+
+    name
+        The public function: ``fastsoftmax.<name>``.
+    reference
+        ``fastsoftmax.reference.<name>``: the same signature and semantics, in float64 NumPy.
+    kernels
+        Its row kernels (:class:`~fastsoftmax.kernels.jit.KernelPair`); each body serves
+        float32, float64 and half-precision rows. The argument layer picks the one a call
+        needs (the gradient or not, greedy or sampling).
+    reduces
+        One result per row: the axis goes away (logsumexp, the losses, sampling).
+    split_finish
+        The last pass of the operation over rows cut into chunks, given each row's maximum
+        and sum of exponentials (:mod:`fastsoftmax.kernels.softmax`); None when its rows are
+        never split. Operations with one run split across threads, and on dask arrays.
+    calls
+        Example calls on a 2-D batch of logits ``x``: ``call(x) -> (args, kwargs)`` for the
+        public function and its reference. One call per kernel: warmup compiles them, the
+        tests run them on every build.
+    bench
+        Benchmark cases: case name -> keyword arguments, with the positional arguments of the
+        first example call.
+    peers
+        Other libraries with the same function, timed by the benchmarks
+        (:mod:`fastsoftmax.tools.peers` implements each).
+    """
+
+    name: str
+    reference: Callable
+    kernels: tuple[KernelPair, ...]
+    calls: tuple[Callable, ...]
+    reduces: bool = False
+    split_finish: KernelPair | None = None
+    bench: dict = field(default_factory=dict)
+    peers: tuple[str, ...] = ()
+
+    @property
+    def builds(self) -> tuple[str, ...]:
+        """The builds the plan can run this operation with."""
+        return BUILDS if self.split_finish is not None else BUILDS[:2]
+
+    def public(self) -> Callable:
+        """``fastsoftmax.<name>`` (looked up when asked: the public modules import this one)."""
+        import fastsoftmax
+        return getattr(fastsoftmax, self.name)
+
+
+def _rows(x):
+    return (x,), {}
+
+
+def _targets(x) -> np.ndarray:
+    """Class indices for the rows of ``x`` (fixed seed): a cross-entropy call's targets."""
+    rows = int(np.prod(np.shape(x)[:-1]))
+    return np.random.default_rng(1).integers(0, np.shape(x)[-1], rows)
+
+
+OPERATIONS = {op.name: op for op in (
+    Operation(
+        "softmax", reference.softmax, (softmax.softmax_rows,), (_rows,),
+        split_finish=softmax.softmax_finish, bench={"softmax": {}},
+        peers=("scipy", "torch", "jax")),
+    Operation(
+        "log_softmax", reference.log_softmax, (softmax.log_softmax_rows,), (_rows,),
+        split_finish=softmax.log_softmax_finish, bench={"log_softmax": {}},
+        peers=("scipy", "torch", "jax")),
+    Operation(
+        "logsumexp", reference.logsumexp, (softmax.logsumexp_rows,), (_rows,), reduces=True,
+        split_finish=softmax.logsumexp_finish, bench={"logsumexp": {}},
+        peers=("scipy", "torch", "jax")),
+    # the backward passes: any values stand for the saved output as far as the kernels care
+    Operation(
+        "softmax_backward", reference.softmax_backward, (grad.softmax_backward_rows,),
+        (lambda x: ((x, x), {}),)),
+    Operation(
+        "log_softmax_backward", reference.log_softmax_backward,
+        (grad.log_softmax_backward_rows,), (lambda x: ((x, x), {}),)),
+    Operation(
+        "cross_entropy", reference.cross_entropy,
+        (grad.cross_entropy_rows, grad.cross_entropy_grad_rows),
+        (lambda x: ((x, _targets(x)), {}),
+         lambda x: ((x, _targets(x)), {"return_grad": True, "label_smoothing": 0.1})),
+        reduces=True, bench={"cross_entropy": {}, "cross_entropy_grad": {"return_grad": True}},
+        peers=("torch",)),
+    Operation(
+        "sample", reference.sample, (sampling.sample_rows, sampling.greedy_rows),
+        (lambda x: ((x,), {"temperature": 0.8, "top_p": 0.9, "seed": 0}),
+         lambda x: ((x,), {"temperature": 0})),
+        reduces=True,
+        bench={"sample_top_p": {"temperature": 0.8, "top_p": 0.9, "seed": 0},
+               "sample_top_k": {"top_k": 50, "seed": 0},
+               "sample": {"temperature": 0.8, "seed": 0}},
+        peers=("torch",)),
+)}
+
+
+def operation(name: str, func: str = "fastsoftmax") -> Operation:
+    """The operation called ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return OPERATIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"{func}: unknown function {name!r}; expected one of "
+                         f"{', '.join(OPERATIONS)}") from None
+
+
+def bench_cases() -> dict[str, tuple[Operation, dict]]:
+    """Every benchmark case of every operation: case name -> (operation, keyword arguments)."""
+    return {case: (op, kwargs) for op in OPERATIONS.values() for case, kwargs in op.bench.items()}

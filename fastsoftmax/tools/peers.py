@@ -1,0 +1,257 @@
+"""The implementations the benchmarks (``benchmarks/`` and ``python -m fastsoftmax bench``)
+compare: fastsoftmax (allocating, and with a preallocated output), the NumPy reference, and
+SciPy, PyTorch and JAX when they are installed.
+
+Cases come from the registry of operations (:mod:`fastsoftmax.registry`): each operation's
+``bench`` entries, called with the arguments of its first example call and the case's keyword
+arguments, and its ``peers``. Each implementation is a *preparer*: given the case and the
+input array it does the one-off work (converting to a tensor, allocating ``out``, compiling)
+and returns a callable of no arguments that computes the result along the last axis. Optional
+libraries are imported only here, lazily, when their implementation is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from typing import Callable
+
+import numpy as np
+
+from ..registry import bench_cases
+
+CASES = bench_cases()  # case name -> (operation, keyword arguments)
+FUNCTIONS = tuple(CASES)
+# Cases whose result is a few bytes a row: the input read once is what they move.
+READ_ONLY = tuple(case for case, (op, _) in CASES.items() if op.reduces)
+OURS = ("fastsoftmax", "fastsoftmax out=")
+# "via-float32": for float16/bfloat16 input, the conversion a user would otherwise write
+# first (``x.float()`` on a tensor, ``x.astype(np.float32)`` on an array), then fastsoftmax.
+PEERS = ("reference", "scipy", "torch", "jax", "via-float32")
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a benchmark dtype name (bfloat16 comes from ml_dtypes)."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ValueError("dtype bfloat16 needs ml_dtypes: pip install 'fastsoftmax[bf16]'")
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def is_half(x: np.ndarray) -> bool:
+    return x.dtype.itemsize == 2 and x.dtype.kind in "fV"
+
+
+def as_tensor(x: np.ndarray):
+    """A torch tensor over ``x``'s memory (bfloat16 through its bits)."""
+    import torch
+    if x.dtype.kind == "V":  # ml_dtypes.bfloat16
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)
+
+
+def is_installed(name: str) -> bool:
+    """True when implementation ``name`` can run here (its library imports)."""
+    module = {"scipy": "scipy", "torch": "torch", "jax": "jax"}.get(name)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def installed_peers() -> list[str]:
+    return [name for name in PEERS if is_installed(name)]
+
+
+def applies(implementation: str, case: str, dtype: str) -> bool:
+    """True when ``implementation`` has a version of ``case`` on ``dtype`` input: the peers
+    the operation lists, fastsoftmax's preallocated variant where the function takes one, the
+    float32 detour for half precision only, SciPy without bfloat16."""
+    op, kwargs = CASES[case]
+    half = dtype in ("float16", "bfloat16")
+    if implementation in ("fastsoftmax", "reference"):
+        return True
+    if implementation == "fastsoftmax out=":
+        return _out_argument(op, kwargs) is not None
+    if implementation == "via-float32":
+        return half
+    if implementation == "scipy" and dtype == "bfloat16":
+        return False
+    return implementation in op.peers
+
+
+def _out_argument(op, kwargs):
+    """The name of the public function's preallocated-output argument for this case, or None:
+    ``out``, or ``grad_out`` for a cross-entropy with its gradient."""
+    parameters = inspect.signature(op.public()).parameters
+    if "out" in parameters:
+        return "out"
+    if "grad_out" in parameters and kwargs.get("return_grad"):
+        return "grad_out"
+    return None
+
+
+def result_bytes(case: str, x: np.ndarray) -> int:
+    """Bytes one call moves at least: the input read once and the result written once (for
+    cases whose result is a few bytes a row, the input read once)."""
+    op, kwargs = CASES[case]
+    if op.reduces and not kwargs.get("return_grad"):
+        return x.nbytes + (x.size // max(x.shape[-1], 1)) * x.itemsize
+    return 2 * x.nbytes
+
+
+def _call(function, case, x, make=None):
+    """A callable running ``function`` (fastsoftmax's or the reference's) on the case's call
+    on ``x``; ``make``: a new input made at every call (the conversion is part of the time)."""
+    op, kwargs = CASES[case]
+    args = op.calls[0](x)[0]
+    if make is None:
+        return lambda: function(*args, **kwargs)
+    rest = args[1:]
+    return lambda: function(make(), *rest, **kwargs)
+
+
+def _fastsoftmax(case, x):
+    op, _ = CASES[case]
+    if is_half(x) and is_installed("torch"):  # half-precision logits usually come as tensors
+        return _call(op.public(), case, as_tensor(x))
+    return _call(op.public(), case, x)
+
+
+def _fastsoftmax_out(case, x):
+    op, kwargs = CASES[case]
+    name = _out_argument(op, kwargs)
+    if name is None:
+        raise NotImplementedError(f"{case} has no preallocated-output variant")
+    data = as_tensor(x) if is_half(x) and is_installed("torch") else x
+    args = op.calls[0](data)[0]
+    function = op.public()
+    shape = data.shape[:-1] if op.reduces and name == "out" else data.shape
+    if is_half(x) and is_installed("torch"):
+        import torch
+        out = torch.empty(shape, dtype=data.dtype)
+    else:
+        out = np.empty(shape, x.dtype)
+    options = {k: v for k, v in kwargs.items() if k != "return_grad"}
+    return lambda: function(*args, **{name: out}, **options)
+
+
+def _reference(case, x):
+    op, _ = CASES[case]
+    return _call(op.reference, case, x)
+
+
+def _via_float32(case, x):
+    op, _ = CASES[case]
+    if not is_half(x):
+        raise NotImplementedError("only for float16 and bfloat16 input")
+    if is_installed("torch"):
+        tensor = as_tensor(x)
+        return _call(op.public(), case, x, make=lambda: tensor.float())
+    return _call(op.public(), case, x, make=lambda: x.astype(np.float32))
+
+
+def _scipy(case, x):
+    op, _ = CASES[case]
+    if "scipy" not in op.peers:
+        raise NotImplementedError(f"SciPy has no {case}")
+    if x.dtype.kind == "V":
+        raise NotImplementedError("SciPy does not take bfloat16")
+    from scipy import special
+    fn = getattr(special, op.name)
+    return lambda: fn(x, axis=-1)
+
+
+def _torch_sampler(kwargs, tensor):
+    """The usual PyTorch CPU pipeline for a sampling case: top-k by ``torch.topk``, softmax
+    and multinomial; top-p by softmax, sort, cumsum, mask and multinomial; plain sampling by
+    softmax and multinomial."""
+    import torch
+    generator = torch.Generator().manual_seed(0)
+    temperature = kwargs.get("temperature", 1.0)
+    if "top_k" in kwargs:
+        def top_k():
+            values, indices = torch.topk(tensor, kwargs["top_k"], dim=-1)
+            chosen = torch.multinomial(torch.softmax(values / temperature, dim=-1), 1,
+                                       generator=generator)
+            return torch.gather(indices, -1, chosen)
+        return top_k
+    if "top_p" in kwargs:
+        def top_p():
+            probs = torch.softmax(tensor / temperature, dim=-1)
+            ranked, order = torch.sort(probs, dim=-1, descending=True)
+            above = torch.cumsum(ranked, dim=-1) - ranked  # mass ranked above each token
+            ranked = ranked.masked_fill(above >= kwargs["top_p"], 0.0)
+            ranked = ranked / ranked.sum(dim=-1, keepdim=True)
+            chosen = torch.multinomial(ranked, 1, generator=generator)
+            return torch.gather(order, -1, chosen)
+        return top_p
+    return lambda: torch.multinomial(torch.softmax(tensor / temperature, dim=-1), 1,
+                                     generator=generator)
+
+
+def _torch(case, x):
+    op, kwargs = CASES[case]
+    if "torch" not in op.peers:
+        raise NotImplementedError(f"no PyTorch peer for {case}")
+    import torch
+    tensor = as_tensor(x)
+    if op.name == "sample":
+        return _torch_sampler(kwargs, tensor)
+    if op.name == "cross_entropy":
+        import torch.nn.functional as F
+        targets = torch.from_numpy(op.calls[0](x)[0][1])
+        if not kwargs.get("return_grad"):
+            return lambda: F.cross_entropy(tensor, targets)
+        leaf = tensor.clone().requires_grad_(True)
+
+        def forward_backward():  # what a training step does: loss, then backward
+            leaf.grad = None
+            loss = F.cross_entropy(leaf, targets)
+            loss.backward()
+            return leaf.grad
+        return forward_backward
+    fn = getattr(torch, op.name)
+    return lambda: fn(tensor, -1)
+
+
+def _jax(case, x):
+    op, _ = CASES[case]
+    if "jax" not in op.peers:
+        raise NotImplementedError(f"no JAX peer for {case}")
+    import jax
+    import jax.numpy as jnp
+    if x.dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+    array = jax.device_put(jnp.asarray(x))
+    fn = jax.jit(getattr(jax.nn, op.name), static_argnames="axis")
+    return lambda: fn(array, axis=-1).block_until_ready()
+
+
+PREPARERS: dict[str, Callable] = {
+    "fastsoftmax": _fastsoftmax,
+    "fastsoftmax out=": _fastsoftmax_out,
+    "reference": _reference,
+    "scipy": _scipy,
+    "torch": _torch,
+    "jax": _jax,
+    "via-float32": _via_float32,
+}
+
+
+def prepare(implementation: str, case: str, x: np.ndarray) -> Callable[[], object]:
+    """A no-argument callable running ``case`` of ``implementation`` on ``x`` (last axis)."""
+    if case not in CASES:
+        raise ValueError(f"unknown function {case!r}; expected one of {', '.join(FUNCTIONS)}")
+    return PREPARERS[implementation](case, x)
+
+
+def set_threads(n: int | None) -> None:
+    """Give every implementation the same number of threads (None: leave the defaults)."""
+    if n is None:
+        return
+    import numba
+    numba.set_num_threads(n)
+    if is_installed("torch"):
+        import torch
+        torch.set_num_threads(n)
