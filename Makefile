@@ -4,8 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+PEERS_STAMP := $(VENV)/.peers-stamp
+# The peers the tests check semantics and gradients against. TORCH is the CPU build on this
+# project's machines (a plain `pip install torch` elsewhere may fetch a multi-GB CUDA build:
+# TORCH="torch --index-url https://download.pytorch.org/whl/cpu" there); TORCH= JAX= skip them.
+TORCH ?= torch==2.13.0
+JAX ?= jax>=0.4
 
-.PHONY: help install install-torch install-jax test test-slow coverage bench bench-full bench-dask clean
+.PHONY: help install install-peers install-torch install-jax test test-slow coverage bench \
+	bench-readme bench-full bench-dask clean
 
 help: ## show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -17,26 +24,39 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install fastsoftmax with its test and bench extras
 
-install-torch: install ## add PyTorch 2.13 (CPU build) as a benchmark peer
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+$(PEERS_STAMP): $(STAMP)
+	$(if $(strip $(TORCH)$(JAX)),$(BIN)/python -m pip install --quiet $(TORCH) \
+		$(if $(strip $(JAX)),'$(JAX)'))
+	touch $(PEERS_STAMP)
 
-install-jax: install ## add JAX (CPU) as a benchmark peer and for the interop tests
-	$(BIN)/python -m pip install --quiet 'jax>=0.4'
+install-peers: $(PEERS_STAMP) ## add PyTorch (CPU) and JAX: test and benchmark peers
 
-test: install ## run the test suite (benchmarks run once each, untimed, as smoke tests)
+install-torch: install ## add PyTorch 2.13 (CPU build) only
+	$(BIN)/python -m pip install --quiet $(TORCH)
+
+install-jax: install ## add JAX (CPU) only
+	$(BIN)/python -m pip install --quiet '$(JAX)'
+
+test: install-peers ## run the test suite, PyTorch and JAX included (benchmarks run once each, untimed)
 	$(BIN)/python -m pytest -m "not slow"
 
-test-slow: install ## run the whole suite, the slow tests too
+test-slow: install-peers ## run the whole suite, the slow tests too
 	$(BIN)/python -m pytest
 
 coverage: install ## tests without the JIT (kernel bodies run as Python) under coverage; report
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m coverage run --source=fastsoftmax -m pytest -q tests -m "not slow"
 	$(BIN)/python -m coverage report --show-missing
 
-bench: install ## quick benchmark against the reference and installed peers, with a chart
-	$(BIN)/python -m fastsoftmax bench --quick --startup --plot benchmarks/latest.png --json benchmarks/latest.json
+bench: install-peers ## benchmark against the reference and the peers; table, JSON and chart in .benchmarks/
+	mkdir -p .benchmarks
+	$(BIN)/python -m fastsoftmax bench --quick --startup --plot .benchmarks/latest.png \
+		--json .benchmarks/latest.json
 
-bench-full: install ## timed pytest-benchmark suite on every SPEC shape; JSON saved in .benchmarks/
+bench-readme: install-peers ## the same, saved as benchmarks/latest.{json,png} and printed as the README's table
+	$(BIN)/python -m fastsoftmax bench --quick --startup --plot benchmarks/latest.png \
+		--json benchmarks/latest.json --markdown
+
+bench-full: install-peers ## timed pytest-benchmark suite on every shape of docs/design.md; JSON saved in .benchmarks/
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-autosave \
 		--benchmark-storage=.benchmarks --benchmark-columns=min,median,rounds \
 		--benchmark-group-by=group --benchmark-sort=min

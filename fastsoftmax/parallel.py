@@ -2,7 +2,7 @@
 layers.
 
 Numba runs parallel kernels on a threading layer: TBB when the ``tbb`` package is installed,
-else GNU OpenMP on Linux, else its own ``workqueue``. Two of them need care (SPEC §4):
+else GNU OpenMP on Linux, else its own ``workqueue``. Two of them need care (docs/design.md, "Threads"):
 
 - **fork**: a child forked from a process whose GNU OpenMP thread pool has started is killed by
   libgomp as soon as it starts a parallel region ("fork() called from a process already using

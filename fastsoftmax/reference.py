@@ -19,7 +19,7 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softm
 
 
 def result_dtype(x_dtype, dtype=None) -> np.dtype:
-    """The dtype a function returns for input ``x_dtype`` (the dtype policy of SPEC §2)."""
+    """The dtype a function returns for input ``x_dtype`` (the dtype policy: README, "dtypes")."""
     if dtype is not None:
         return np.dtype(dtype)
     x_dtype = np.dtype(x_dtype)

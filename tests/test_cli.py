@@ -128,3 +128,15 @@ def test_every_implementation_has_a_plot_style(tmp_path):
     png = tmp_path / "all.png"
     bench.plot([result], {"fastsoftmax": "x", "cpu": "y", "threads": 2}, str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    real = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(SystemExit) as info:
+        cli.main(TINY + ["--plot", str(tmp_path / "chart.png")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--plot needs matplotlib" in err and "fastsoftmax[bench]" in err
+    assert not (tmp_path / "chart.png").exists()

@@ -1,4 +1,4 @@
-"""The edge-case table of SPEC §2, value by value, for each function."""
+"""The edge-case table of the README ("Values at the edges"), value by value, for each function."""
 
 from __future__ import annotations
 

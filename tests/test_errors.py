@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
+from fastsoftmax.registry import OPERATIONS
+
 from .cases import ELEMENTWISE, FUNCTIONS
+from .inputs import random_logits
 
 x2 = np.zeros((2, 3))
 
@@ -99,3 +104,67 @@ def test_logsumexp_out_shape():
         FUNCTIONS["logsumexp"][0](x2, out=np.zeros(3))
     with pytest.raises(ValueError, match=r"out must have shape \(2, 1\)"):
         FUNCTIONS["logsumexp"][0](x2, keepdims=True, out=np.zeros(2))
+
+
+# --- the same mistake, the same error, in every public function --------------------------------
+
+def _calls_with(name, mistake):
+    """(args, kwargs) of ``name``'s first example call with ``mistake`` applied, or None when
+    the function has no such argument."""
+    op = OPERATIONS[name]
+    args, kwargs = op.calls[0](random_logits(np.random.default_rng(9), (3, 8), np.float64))
+    parameters = list(inspect.signature(op.public()).parameters)
+    first = parameters[0]
+    if mistake == "complex data":
+        return (args[0].astype(complex),) + args[1:], kwargs, TypeError, \
+            f"{name}: {first} must be an array of real numbers"
+    if mistake == "not an array":
+        return (object(),) + args[1:], kwargs, TypeError, f"{name}: {first} must be"
+    if mistake == "a scalar":
+        if name == "cross_entropy":
+            return None  # a scalar is the target of 1-D logits there: its own message
+        scalars = tuple(np.float64(1.0) if np.shape(a) == np.shape(args[0]) else a for a in args)
+        return scalars, kwargs, ValueError, "at least one dimension"
+    if mistake == "float axis" and "axis" in parameters:
+        return args, dict(kwargs, axis=1.5), TypeError, f"{name}: axis must be an int or None"
+    if mistake == "axis out of range" and "axis" in parameters:
+        return args, dict(kwargs, axis=5), ValueError, \
+            f"{name}: axis 5 is out of bounds for an array of dimension 2"
+    if mistake == "temperature" and "temperature" in parameters:
+        return args, dict(kwargs, temperature=-1.0), ValueError, f"{name}: temperature must be"
+    if mistake == "where" and "where" in parameters:
+        return args, dict(kwargs, where=np.ones((3, 8))), TypeError, \
+            f"{name}: where must be a boolean array, got dtype float64"
+    if mistake == "out shape":
+        out = {"out": "out", "grad_out": "grad_out"}
+        names = [p for p in parameters if p in out]
+        if names:
+            extra = {"return_grad": True} if names[0] == "grad_out" else {}
+            return args, dict(kwargs, **extra, **{names[0]: np.zeros((2, 2))}), ValueError, \
+                f"{name}: {names[0]} must have shape"
+    return None
+
+
+MISTAKES = ["complex data", "not an array", "a scalar", "float axis", "axis out of range",
+            "temperature", "where", "out shape"]
+
+
+@pytest.mark.parametrize("name, mistake", [
+    (name, mistake) for name in OPERATIONS for mistake in MISTAKES
+    if _calls_with(name, mistake) is not None])  # the functions that take such an argument
+def test_the_same_mistake_gets_the_same_message_everywhere(name, mistake):
+    args, kwargs, exception, words = _calls_with(name, mistake)
+    with pytest.raises(exception) as info:
+        OPERATIONS[name].public()(*args, **kwargs)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize("name", list(OPERATIONS))
+def test_tensors_that_record_gradients_are_refused_by_name(name):
+    torch = pytest.importorskip("torch")
+    op = OPERATIONS[name]
+    args, kwargs = op.calls[0](random_logits(np.random.default_rng(9), (3, 8), np.float32))
+    first = list(inspect.signature(op.public()).parameters)[0]
+    tensor = torch.from_numpy(args[0]).requires_grad_(True)
+    with pytest.raises(TypeError, match=rf"{name}: {first} requires grad.*detach"):
+        op.public()(tensor, *args[1:], **kwargs)

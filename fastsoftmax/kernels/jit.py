@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 # Fast-math flags, never ``nnan``/``ninf``: the kernels must see ±inf and NaN exactly as
-# SPEC §2 says. Everything is compiled with ``contract`` only (fused multiply-add in the exp
+# the edge-case table says (README, "Values at the edges"). Everything is compiled with ``contract`` only (fused multiply-add in the exp
 # polynomial). Reassociation is confined to the reductions that need it to use SIMD lanes
 # (:func:`reduction`): elsewhere it breaks the arithmetic, e.g. LLVM turns the log_softmax
 # shift ``(x - m) - log_sum`` into ``x - (m + log_sum)``, which loses ``log_sum`` next to a

@@ -3,7 +3,7 @@ reductions (max, sum of exponentials).
 
 Why not ``np.exp``: inside a Numba loop it is a call into libm that LLVM cannot vectorise, and
 current Numba wheels have no SVML. The polynomial ``exp`` below is straight-line arithmetic plus
-one integer bit trick, so the loops that use it compile to SIMD code (SPEC §4).
+one integer bit trick, so the loops that use it compile to SIMD code (docs/performance.md).
 
 Both ``exp`` variants take arguments ``z <= 0`` (or NaN): every caller subtracts the row
 maximum first, so the result never overflows.

@@ -4,7 +4,7 @@ For each case (function, shape, dtype) it builds one input array, measures the m
 roofline over the same bytes, then times every implementation of :mod:`fastsoftmax.peers` on
 that array, interleaved round by round so that drifting clocks and noisy neighbours hit all
 of them alike. Reported per implementation: median and minimum time per call, GB/s (bytes
-moved over the minimum time, SPEC §5) and percent of the roofline; per case, the ratio of
+moved over the minimum time: docs/design.md, "Benchmarks") and percent of the roofline; per case, the ratio of
 each peer's time to fastsoftmax's (> 1 means fastsoftmax is faster).
 """
 

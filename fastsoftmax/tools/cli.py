@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 
 from . import bench, peers
@@ -26,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--functions", default=None,
                    help=f"comma-separated, from {','.join(peers.FUNCTIONS)} (default: all)")
     b.add_argument("--shapes", default=None,
-                   help="comma-separated ROWSxCOLS, e.g. 2048x32000,1x1000 (default: SPEC §5 "
-                        "shapes; with --quick a subset)")
+                   help="comma-separated ROWSxCOLS, e.g. 2048x32000,1x1000 (default: the "
+                        "shapes of docs/design.md; with --quick a subset)")
     b.add_argument("--dtypes", default=None,
                    help="comma-separated, from float32,float64,float16,bfloat16 (bfloat16 "
                         "needs ml_dtypes; default: float32,float64; --quick: float32 and one "
@@ -106,7 +107,15 @@ def bench_implementations(args) -> list:
     return list(peers.OURS) + chosen
 
 
+def check_plotting(args) -> None:
+    """--plot needs matplotlib (the bench extra): say so before any work is done."""
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'fastsoftmax[bench]' "
+                         "(or leave out --plot)")
+
+
 def run_bench(args) -> int:
+    check_plotting(args)
     cases = bench_cases(args)
     implementations = bench_implementations(args)
     repeat = args.repeat if args.repeat is not None else (5 if args.quick else 7)
@@ -142,6 +151,7 @@ def run_bench(args) -> int:
 
 
 def run_report(args) -> int:
+    check_plotting(args)
     try:
         results, machine, startup = bench.from_json(args.path)
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
