@@ -41,7 +41,7 @@ def softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols
             s = exp_store_sum(row, sel, m, inv_t,
                               result_target(src, row_of(out, r * out_stride, n_cols)),
                               next_row(x, r, n_rows, x_stride, n_cols))
-            store_scaled(src, row, sel, cast_like(row, 1.0 / s),
+            store_scaled(src, row, sel, cast_like(row, np.float64(1.0) / s),
                          row_or(out, r * out_stride, n_cols, src))
 
 
