@@ -6,7 +6,8 @@ the whole job. When it is split over several chunks, the split-row passes of the
 the blocks, without rechunking the user's array: the row maxima of each block (combined by a
 dask max), the sums of ``exp((x - max) / T)`` of each block given the row maxima (combined by
 a dask sum), then the operation's last pass per block given each row's (max, sum) — the same
-passes, in the same arithmetic, as an in-memory row split across threads.
+passes as an in-memory row split across threads. dask adds the sums of a row's pieces in its
+own order, so float64 results may differ from in-memory ones in the last bit or two.
 
 Threads: dask already runs several tasks at once, so each task uses ``threads`` threads
 (default 1: no oversubscription); raise it when dask runs fewer tasks than cores.

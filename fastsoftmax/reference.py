@@ -114,7 +114,9 @@ def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, re
                   temperature=1.0, return_grad=False, grad_out=None):
     """Reference cross-entropy (PyTorch semantics) and its gradient, in float64.
 
-    Per row: ``loss = (1 - eps) * (lse(z) - z[t]) + eps * (lse(z) - mean(z))`` with
+    Per row: ``loss = (1 - eps) * (lse(z) - z[t]) + eps * (lse(z) - mean(z))``, each
+    ``lse(z) - v`` taken as ``(max(z) - v) + log(sum(exp(z - max(z))))`` (so that ``log`` of
+    the sum is not lost next to a large maximum), with
     ``z = logits / temperature``; gradient ``(softmax(z) - (1 - eps) * onehot(t) - eps / C)
     / temperature``, times 1 / (rows not ignored) for "mean".
     """
@@ -127,11 +129,12 @@ def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, re
     safe_t = np.where(kept, t, 0)
     eps = float(label_smoothing)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        lse = logsumexp(z, axis=-1)
+        m = z.max(axis=-1)
+        log_s = np.log(np.exp(z - m[:, None]).sum(axis=-1))
         picked = z[np.arange(n_rows), safe_t]
-        per_row = (1 - eps) * (lse - picked)
+        per_row = (1 - eps) * ((m - picked) + log_s)
         if eps:
-            per_row = per_row + eps * (lse - z.mean(axis=-1))
+            per_row = per_row + eps * ((m - z.mean(axis=-1)) + log_s)
         per_row = np.where(kept, per_row, 0.0)
         count = int(kept.sum())
         if reduction == "none":

@@ -3,18 +3,21 @@ the promise that neither is imported unless the caller passes one."""
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import numpy as np
 import pytest
 
 import fastsoftmax
 from fastsoftmax import reference, tensors
-from fastsoftmax.arguments import Bfloat16Bits
+from fastsoftmax.arguments import Bfloat16Bits, is_bfloat16
+from fastsoftmax.registry import OPERATIONS
 
-from .cases import FUNCTIONS
+from .cases import FUNCTIONS, assert_same_bits, calls, logits_for
 
 
 def test_optional_libraries_are_not_imported_for_numpy_input():
@@ -201,3 +204,147 @@ def test_torch_sample(torch):
     assert torch.equal(tokens, torch.from_numpy(fastsoftmax.sample(logits.float().numpy(),
                                                                    top_k=5, seed=1)))
     assert fastsoftmax.sample(logits[0], temperature=0).item() == int(logits[0].float().argmax())
+
+
+# --- every operation of the registry, through tensors and JAX arrays ---------------------------
+# The same values as a NumPy array and as a tensor (or JAX array): every example call of the
+# registry, with the variants of the test registry (where=, a temperature, out=/grad_out= in
+# place), must give the same bits, as tensors of the input's dtype (int64 for sample).
+
+INTEROP_SHAPES = [(13, 257),  # serial
+                  pytest.param((9, 4099), marks=pytest.mark.large)]  # above the serial threshold
+
+
+def numpy_logits(op, dtype_name, shape):
+    """Hard logits for ``op`` in ``dtype_name`` (bfloat16 as ml_dtypes), a fixed seed each."""
+    if dtype_name == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(zlib.crc32(f"interop {op.name} {dtype_name} {shape}".encode()))
+    return logits_for(op, rng, shape, dtype_name), rng
+
+
+def as_tensor(torch, array):
+    """A tensor over ``array``'s memory (bfloat16 through its bits)."""
+    if is_bfloat16(array.dtype):
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def from_tensor(torch, tensor):
+    """The NumPy values of a result tensor (bfloat16 as ml_dtypes)."""
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def tensor_of_the_same_values(torch, x):
+    """The tensor a caller would hold for the NumPy logits ``x``: bfloat16 rounded by torch
+    from float32 (exactly ``x``'s values), other dtypes from NumPy."""
+    if is_bfloat16(x.dtype):
+        tensor = torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(x.copy())
+    assert_same_bits(from_tensor(torch, tensor), x, "the tensor holds other values")
+    return tensor
+
+
+def takes(op, name):
+    return name in inspect.signature(op.public()).parameters
+
+
+@pytest.mark.parametrize("shape", INTEROP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype_name", TORCH_DTYPES)
+@pytest.mark.parametrize("name", list(OPERATIONS))
+def test_every_operation_gives_tensors_with_the_bits_of_numpy(torch, name, dtype_name, shape):
+    op = OPERATIONS[name]
+    function = op.public()
+    x, rng = numpy_logits(op, dtype_name, shape)
+    x_tensor = tensor_of_the_same_values(torch, x)
+    want_dtype = torch.int64 if name == "sample" else getattr(torch, dtype_name)
+    for description, make in calls(op, x, rng):
+        context = f"{name} {dtype_name} {shape} {description}"
+        with np.errstate(all="ignore"):
+            args, kwargs = make()
+            want = function(*args, **kwargs)
+            args, kwargs = make()
+            in_place = "in place" in description
+            tensors = {}  # id of a NumPy argument -> its tensor (out=x: the same one)
+
+            def convert(value):
+                if not isinstance(value, np.ndarray):
+                    return value
+                if id(value) not in tensors:
+                    plain_x = value is x and not in_place
+                    tensors[id(value)] = x_tensor if plain_x else as_tensor(torch, value)
+                return tensors[id(value)]
+
+            t_args = [convert(a) for a in args]
+            t_kwargs = {k: convert(v) for k, v in kwargs.items()}
+            pointer = t_args[0].data_ptr()
+            got = function(*t_args, **t_kwargs)
+        results = got if isinstance(got, tuple) else (got,)
+        for result in results:
+            assert isinstance(result, torch.Tensor) and result.dtype == want_dtype, context
+        assert_same_bits(tuple(from_tensor(torch, r) for r in results),
+                         want if isinstance(want, tuple) else (want,), context)
+        if in_place:  # out=x / grad_out=x: the input tensor itself, written where it is
+            assert results[-1] is t_args[0] and results[-1].data_ptr() == pointer, context
+
+
+@pytest.mark.parametrize("dtype_name", TORCH_DTYPES)
+@pytest.mark.parametrize("name", [name for name, op in OPERATIONS.items()
+                                  if takes(op, "out") or takes(op, "grad_out")])
+def test_a_tensor_out_is_written_in_place(torch, name, dtype_name):
+    op = OPERATIONS[name]
+    function = op.public()
+    x, _ = numpy_logits(op, dtype_name, (13, 257))
+    keyword = "out" if takes(op, "out") else "grad_out"
+    for index, call in enumerate(op.calls):
+        args, kwargs = call(x)
+        if keyword == "grad_out" and not kwargs.get("return_grad"):
+            continue  # only a call computing the gradient writes one
+        context = f"{name} {dtype_name} call {index}"
+        with np.errstate(all="ignore"):
+            want = function(*args, **kwargs)
+            wanted = want[-1] if isinstance(want, tuple) else want
+            out = as_tensor(torch, np.zeros_like(np.asarray(wanted)))
+            pointer = out.data_ptr()
+            t_args = [tensor_of_the_same_values(torch, a) if a is x else
+                      (torch.from_numpy(a) if isinstance(a, np.ndarray) else a) for a in args]
+            got = function(*t_args, **dict(kwargs, **{keyword: out}))
+        result = got[-1] if isinstance(got, tuple) else got
+        assert result is out and out.data_ptr() == pointer, context
+        assert_same_bits(from_tensor(torch, out), np.asarray(wanted), context)
+        if isinstance(got, tuple):  # the loss, a tensor too
+            assert isinstance(got[0], torch.Tensor), context
+            assert_same_bits(from_tensor(torch, got[0]), want[0], context)
+
+
+JAX_DTYPES = ["float32", "bfloat16", "float16"]
+
+
+@pytest.mark.parametrize("dtype_name", JAX_DTYPES)
+@pytest.mark.parametrize("name", list(OPERATIONS))
+def test_every_operation_gives_numpy_with_the_bits_of_numpy_for_jax_input(jnp, name,
+                                                                           dtype_name):
+    op = OPERATIONS[name]
+    function = op.public()
+    x, rng = numpy_logits(op, dtype_name, (13, 257))
+    x_jax = jnp.asarray(x)
+    assert x_jax.dtype == x.dtype
+    for description, make in calls(op, x, rng):
+        if "in place" in description:
+            continue  # a JAX array is immutable: no out=x
+        context = f"{name} {dtype_name} {description}"
+        with np.errstate(all="ignore"):
+            args, kwargs = make()
+            want = function(*args, **kwargs)
+            j_args = [x_jax if a is x else jnp.asarray(a) if isinstance(a, np.ndarray) else a
+                      for a in args]
+            j_kwargs = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v
+                        for k, v in kwargs.items()}
+            got = function(*j_args, **j_kwargs)
+        for result in got if isinstance(got, tuple) else (got,):
+            assert isinstance(result, (np.ndarray, np.generic)), context
+        assert_same_bits(got, want, context)

@@ -56,12 +56,15 @@ def log_softmax_backward_rows(g, g_stride, logp, logp_stride, out, out_stride, n
 
 @building_block
 def _row_loss(row, target, m, s, inv_t, smoothing, n_cols):
-    """Cross-entropy of one row (scaled logits z = row * inv_t, lse = logsumexp(z)):
-    (1 - eps) * (lse - z[target]) + eps * (lse - mean(z))."""
-    lse = np.float64(m) * inv_t + math.log(s)
-    loss = (1.0 - smoothing) * (lse - np.float64(row[target]) * inv_t)
+    """Cross-entropy of one row (scaled logits z = row * inv_t, max m of the row, s =
+    sum(exp(z - m * inv_t))): (1 - eps) * (lse - z[target]) + eps * (lse - mean(z)), with
+    lse - v taken as (m - v) * inv_t + log(s): next to a large max, log(s) would vanish from
+    lse itself (1e30 tied logits have a loss of log 2, not 0)."""
+    log_s = math.log(s)
+    m64 = np.float64(m)
+    loss = (1.0 - smoothing) * ((m64 - np.float64(row[target])) * inv_t + log_s)
     if smoothing != 0.0:
-        loss += smoothing * (lse - row_sum(row) * inv_t / n_cols)
+        loss += smoothing * ((m64 - row_sum(row) / n_cols) * inv_t + log_s)
     return loss
 
 
