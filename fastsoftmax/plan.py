@@ -138,26 +138,29 @@ def row_maxima(batch: RowBatch, parallel=None) -> np.ndarray:
     return chunk_max.reshape(batch.n_rows, n_chunks).max(axis=1, initial=-np.inf)
 
 
-def row_sums(batch: RowBatch, maxima: np.ndarray, parallel=None) -> np.ndarray:
-    """sum(exp((row - maxima[r]) * inv_t)) of the selected elements of each row, float64."""
+def row_sums(batch: RowBatch, maxima: np.ndarray, parallel=None, keep=False) -> np.ndarray:
+    """sum(exp((row - maxima[r]) * inv_t)) of the selected elements of each row, float64.
+    ``keep``: also store the exponentials in ``batch.out`` (float rows), for a last pass
+    that scales them."""
     parallel, chunk, rows = _pieces(batch, parallel)
     n_blocks = math.ceil(batch.n_cols / BLOCK)
-    block_sums = np.zeros(batch.n_rows * n_blocks)
-    launch(split_kernels.split_sum_exp, parallel, *rows, batch.n_rows, batch.n_cols, chunk,
-           batch.inv_t, maxima, block_sums)
-    if not n_blocks:
-        return np.zeros(batch.n_rows)
-    # add.accumulate adds in order, block after block, as the row kernels do
-    return np.add.accumulate(block_sums.reshape(batch.n_rows, n_blocks), axis=1)[:, -1].copy()
+    block_sums = np.empty(batch.n_rows * n_blocks)
+    launch(split_kernels.split_sum_exp, parallel, *rows, batch.out, batch.out_stride,
+           batch.n_rows, batch.n_cols, chunk, batch.inv_t, maxima, block_sums, keep)
+    sums = np.empty(batch.n_rows)
+    split_kernels.add_in_order(block_sums, batch.n_rows, sums)
+    return sums
 
 
 def finish_rows(op, batch: RowBatch, maxima: np.ndarray, sums: np.ndarray,
-                parallel=None) -> None:
-    """The last pass of ``op`` given each row's max and sum of exponentials."""
+                parallel=None, kept=False) -> None:
+    """The last pass of ``op`` given each row's max and sum of exponentials (``kept``: the
+    sum pass kept the exponentials, see :func:`row_sums`)."""
     parallel, chunk, rows = _pieces(batch, parallel)
     with np.errstate(divide="ignore", invalid="ignore"):
         launch(op.split_finish, parallel, *rows, batch.out, batch.out_stride, batch.n_rows,
-               batch.n_cols, chunk, batch.inv_t, maxima.astype(_compute_dtype(batch)), sums)
+               batch.n_cols, chunk, batch.inv_t, maxima.astype(_compute_dtype(batch)), sums,
+               kept)
 
 
 def run_split(op, batch: RowBatch) -> None:
@@ -165,8 +168,10 @@ def run_split(op, batch: RowBatch) -> None:
     if not (batch.n_rows and batch.n_cols):
         launch(batch.kernel, False, *batch.args, 1)  # nothing to cut
         return
+    keep = op.split_keeps_exps
     maxima = row_maxima(batch, parallel=True)
-    finish_rows(op, batch, maxima, row_sums(batch, maxima, parallel=True), parallel=True)
+    sums = row_sums(batch, maxima, parallel=True, keep=keep)
+    finish_rows(op, batch, maxima, sums, parallel=True, kept=keep)
 
 
 def _compute_dtype(batch) -> np.dtype:

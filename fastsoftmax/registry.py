@@ -41,6 +41,9 @@ class Operation:
         The last pass of the operation over rows cut into chunks, given each row's maximum
         and sum of exponentials (:mod:`fastsoftmax.kernels.softmax`); None when its rows are
         never split. Operations with one run split across threads, and on dask arrays.
+    split_keeps_exps
+        The split run's sum pass stores the exponentials in the output, and ``split_finish``
+        scales them (softmax), instead of computing them twice.
     calls
         Example calls on a 2-D batch of logits ``x``: ``call(x) -> (args, kwargs)`` for the
         public function and its reference. One call per kernel: warmup compiles them, the
@@ -59,6 +62,7 @@ class Operation:
     calls: tuple[Callable, ...]
     reduces: bool = False
     split_finish: KernelPair | None = None
+    split_keeps_exps: bool = False
     bench: dict = field(default_factory=dict)
     peers: tuple[str, ...] = ()
 
@@ -86,7 +90,7 @@ def _targets(x) -> np.ndarray:
 OPERATIONS = {op.name: op for op in (
     Operation(
         "softmax", reference.softmax, (softmax.softmax_rows,), (_rows,),
-        split_finish=softmax.softmax_finish, bench={"softmax": {}},
+        split_finish=softmax.softmax_finish, split_keeps_exps=True, bench={"softmax": {}},
         peers=("scipy", "torch", "jax")),
     Operation(
         "log_softmax", reference.log_softmax, (softmax.log_softmax_rows,), (_rows,),

@@ -119,6 +119,15 @@ def result_target(src, out_row):
     return out_row
 
 
+def exps_kept(src, kept):
+    """Whether the exponentials a split run's sum pass stored (``kept``) are still there for
+    its last pass: in the output, for float rows; half-precision rows stored them in a
+    scratch row since thrown away."""
+    if is_half_bits(src):
+        return False
+    return kept
+
+
 def result_row(src, row, dst):
     """The row holding the float results a pass wrote to :func:`result_target`: ``dst`` for
     float rows, the widened ``row`` for half-precision ones."""
@@ -214,6 +223,12 @@ if not numba.config.DISABLE_JIT:
         if _half(src):
             return lambda src, out_row: None
         return lambda src, out_row: out_row
+
+    @overload(exps_kept, jit_options=NUMBA_OPTIONS)
+    def _exps_kept_overload(src, kept):
+        if _half(src):
+            return lambda src, kept: False
+        return lambda src, kept: kept
 
     @overload(result_row, jit_options=NUMBA_OPTIONS)
     def _result_row_overload(src, row, dst):

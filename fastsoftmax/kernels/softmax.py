@@ -23,8 +23,8 @@ from numba import prange
 
 from .jit import building_block, kernel_pair
 from .numerics import BLOCK, cast_like, exp_store_sum, next_row, row_of, row_or, sum_exp
-from .rows import (load, load_max, logsumexp_of, result_target, row_buffer, store_scaled,
-                   store_shifted, store_value, task_rows)
+from .rows import (exps_kept, load, load_max, logsumexp_of, result_target, row_buffer,
+                   store_scaled, store_shifted, store_value, task_rows)
 
 
 @kernel_pair
@@ -86,8 +86,10 @@ def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_co
 # chunks in parallel: the row maxima, then the sums of exponentials block by block, then the
 # last pass of the operation given each row's (max, sum). The plan combines the chunk maxima
 # and adds the block sums of each row in block order, as the row kernels add them, so a split
-# row gives the same bits as a whole one. fastsoftmax.dask runs the same passes on the blocks
-# of a dask array. Chunk ``k`` is chunk ``k % n_chunks`` of row ``k // n_chunks``.
+# row gives the same bits as a whole one. With ``keep`` the sum pass also stores the
+# exponentials (into the output for float rows), as softmax's row kernel does, and its last
+# pass only scales them (``kept``). fastsoftmax.dask runs the same passes on the blocks of a
+# dask array (without keeping). Chunk ``k`` is chunk ``k % n_chunks`` of row ``k // n_chunks``.
 
 
 @building_block
@@ -108,52 +110,63 @@ def split_max(x, x_stride, mask, mask_stride, n_rows, n_cols, chunk, chunk_max):
                                 row_buffer(x, stop - start))[1]
 
 
-@building_block
-def block_sums_exp(row, sel, m, inv_t, dst):
-    """dst[b] = sum(exp((block b of row - m) * inv_t)) over the selected elements (float64),
-    each block summed exactly as :func:`~fastsoftmax.kernels.numerics.sum_exp` sums it."""
-    for b in range(dst.size):
-        start = b * BLOCK
-        stop = min(start + BLOCK, row.size)
-        dst[b] = sum_exp(row[start:stop], row_of(sel, start, stop - start), m, inv_t, row[:0])
-
-
 @kernel_pair
-def split_sum_exp(x, x_stride, mask, mask_stride, n_rows, n_cols, chunk, inv_t, maxima,
-                  block_sums):
+def split_sum_exp(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk,
+                  inv_t, maxima, block_sums, keep):
     """block_sums[r, b] = sum of exp((block b of row r - maxima[r]) * inv_t); ``block_sums``
-    is flat, ``ceil(n_cols / BLOCK)`` blocks a row."""
+    is flat, ``ceil(n_cols / BLOCK)`` blocks a row. ``keep``: the exponentials are stored too
+    (into ``out``, None: in place; half-precision rows: a scratch row)."""
     n_chunks = (n_cols + chunk - 1) // chunk
     n_blocks = (n_cols + BLOCK - 1) // BLOCK
     for k in prange(n_rows * n_chunks):
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
         first = r * n_blocks + start // BLOCK
-        block_sums_exp(load(x[r * x_stride + start:r * x_stride + stop],
-                            row_buffer(x, stop - start)),
-                       row_of(mask, r * mask_stride + start, stop - start), maxima[r], inv_t,
-                       block_sums[first:first + (stop - start + BLOCK - 1) // BLOCK])
+        src = x[r * x_stride + start:r * x_stride + stop]
+        row = load(src, row_buffer(x, stop - start))
+        sel = row_of(mask, r * mask_stride + start, stop - start)
+        totals = block_sums[first:first + (stop - start + BLOCK - 1) // BLOCK]
+        if keep:
+            exp_store_sum(row, sel, maxima[r], inv_t,
+                          result_target(src, row_of(out, r * out_stride + start, stop - start)),
+                          x[:0], totals)
+        else:
+            sum_exp(row, sel, maxima[r], inv_t, x[:0], totals)
+
+
+@building_block
+def add_in_order(block_sums, n_rows, sums):
+    """sums[r] = the block sums of row r added one after another, in block order: as the row
+    kernels add them (``block_sums`` is flat, the same number of blocks a row)."""
+    n_blocks = block_sums.size // max(n_rows, 1)
+    for r in range(n_rows):
+        total = 0.0
+        for b in range(r * n_blocks, (r + 1) * n_blocks):
+            total += block_sums[b]
+        sums[r] = total
 
 
 @kernel_pair
 def softmax_finish(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk,
-                   inv_t, maxima, sums):
-    """out = exp((x - row max) * inv_t) / row sum, chunk by chunk."""
+                   inv_t, maxima, sums, kept):
+    """out = exp((x - row max) * inv_t) / row sum, chunk by chunk: the exponentials scaled
+    where the sum pass kept them, else computed again."""
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
         src = x[r * x_stride + start:r * x_stride + stop]
         sel = row_of(mask, r * mask_stride + start, stop - start)
         row = load(src, row_buffer(x, stop - start))
-        exp_store_sum(row, sel, maxima[r], inv_t,
-                      result_target(src, row_of(out, r * out_stride + start, stop - start)),
-                      x[:0])
+        if not exps_kept(src, kept):
+            exp_store_sum(row, sel, maxima[r], inv_t,
+                          result_target(src, row_of(out, r * out_stride + start, stop - start)),
+                          x[:0])
         store_scaled(src, row, sel, cast_like(row, 1.0 / sums[r]),
                      row_or(out, r * out_stride + start, stop - start, src))
 
 
 @kernel_pair
 def log_softmax_finish(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk,
-                       inv_t, maxima, sums):
+                       inv_t, maxima, sums, kept):
     """out = (x - row max) * inv_t - log(row sum), chunk by chunk."""
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
@@ -168,7 +181,7 @@ def log_softmax_finish(x, x_stride, mask, mask_stride, out, out_stride, n_rows, 
 
 @kernel_pair
 def logsumexp_finish(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk,
-                     inv_t, maxima, sums):
+                     inv_t, maxima, sums, kept):
     """out[r * out_stride] = logsumexp of row r from its max and sum (``x`` is not read)."""
     for r in prange(n_rows):
         store_value(out, r * out_stride, logsumexp_of(maxima[r], sums[r]))
