@@ -112,10 +112,7 @@ def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
     array([[1.386294],
            [1.386294]])
     """
-    result = _forward(LOGSUMEXP, x, axis, where, out, dtype, 1.0, keepdims)
-    if out is None and isinstance(result, np.ndarray) and not result.ndim:
-        return result[()]
-    return result
+    return _forward(LOGSUMEXP, x, axis, where, out, dtype, 1.0, keepdims)
 
 
 def _forward(op, x, axis, where, out, dtype, temperature, keepdims=False):
@@ -128,8 +125,11 @@ def _forward(op, x, axis, where, out, dtype, temperature, keepdims=False):
         if rows is not None:
             x_flat, out_flat, n_rows, n_cols, result = rows
             plan.run_contiguous(op, x_flat, out_flat, n_rows, n_cols)
-            return result
-    return _general(op, x, axis, where, out, dtype, temperature, keepdims)
+            return result[()] if out is None and not result.ndim else result
+    result = _general(op, x, axis, where, out, dtype, temperature, keepdims)
+    if out is None and isinstance(result, np.ndarray) and not result.ndim:
+        return result[()]  # a NumPy scalar, as NumPy's and SciPy's reductions return
+    return result
 
 
 @accepts_tensors("x", "where", "out")

@@ -158,17 +158,33 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-def check_axis(axis, ndim: int, func: str):
-    """The non-negative axis, or None for the whole array."""
+def check_axis(axis, ndim: int, func: str, *, several=False):
+    """The non-negative axis, or None for the whole array. With ``several`` (the softmax
+    family, as SciPy and JAX), a tuple of axes too: returned sorted, one axis as an int, and
+    every axis (or a 0-d array's empty tuple) as None."""
+    if several and isinstance(axis, (tuple, list)):
+        axes = tuple(check_axis(a, ndim, func) for a in axis)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"{func}: axis must not repeat an axis, got {tuple(axis)!r}")
+        if len(axes) == ndim:
+            return None
+        return axes[0] if len(axes) == 1 else tuple(sorted(axes))
     if axis is None:
         return None
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"{func}: axis must be an int or None, got {axis!r}")
+        expected = "an int, a tuple of ints or None" if several else "an int or None"
+        raise TypeError(f"{func}: axis must be {expected}, got {axis!r}")
     axis = int(axis)
     if not -ndim <= axis < ndim:
+        hint = " (a scalar: axis=None takes it as one row)" if ndim == 0 else ""
         raise ValueError(f"{func}: axis {axis} is out of bounds for an array of dimension "
-                         f"{ndim}")
+                         f"{ndim}{hint}")
     return axis % ndim
+
+
+def is_reduced(i: int, axis) -> bool:
+    """Whether dimension ``i`` is reduced by ``axis`` (None, an int or a tuple of ints)."""
+    return axis is None or (i in axis if isinstance(axis, tuple) else i == axis)
 
 
 def check_temperature(temperature, func: str, dtype=_F64, *, zero_ok=False) -> float:
@@ -302,18 +318,36 @@ def row_layout(a: np.ndarray):
     return flat, stride_elems
 
 
-def move_axis_last(a: np.ndarray, axis):
-    """View of ``a`` with the reduced axis last (the whole array as one row for None)."""
+def move_axis_last(a: np.ndarray, axis, *, view=False):
+    """``a`` with the reduced axis last (the whole array as one row for None; the listed axes
+    flattened into one, in order, for a tuple). A view where one is possible; with ``view``,
+    None when it is not (an ``out`` must be written in place, never through a copy)."""
     if axis is None:
-        return a.reshape(1, -1)  # a copy only for a non-contiguous input, never for out
+        if view and not a.flags.c_contiguous:
+            return None
+        return a.reshape(1, -1)  # a copy only for a non-contiguous input
+    if isinstance(axis, tuple):
+        lead = a.ndim - len(axis)
+        moved = np.moveaxis(a, axis, range(lead, a.ndim))
+        shape = moved.shape[:lead] + (math.prod(moved.shape[lead:]),)
+        rows = moved.reshape(shape)
+        if view and rows.size and not np.may_share_memory(rows, a):
+            return None  # reshape had to copy
+        return rows
     if axis == a.ndim - 1:
         return a
     return np.moveaxis(a, axis, -1)
 
 
 def move_axis_back(rows: np.ndarray, axis, shape):
+    """Inverse of :func:`move_axis_last`: ``rows`` back to ``shape``."""
     if axis is None:
         return rows.reshape(shape)
+    if isinstance(axis, tuple):
+        lead = len(shape) - len(axis)
+        kept = tuple(n for i, n in enumerate(shape) if i not in axis)
+        moved = rows.reshape(kept + tuple(shape[i] for i in axis))
+        return np.moveaxis(moved, range(lead, len(shape)), axis)
     return np.moveaxis(rows, -1, axis)
 
 
@@ -445,10 +479,9 @@ def prepare_rows(op, x, axis, where, out, dtype, *, temperature=1.0, keepdims=Fa
     bits = xo.half if compute == _F32 else None
     # What the kernel writes: the compute dtype, or a half-precision result as its bits.
     kernel_dtype = bits if bits is not None and result_dtype.itemsize == 2 else compute
-    if x_arr.ndim == 0:
-        raise ValueError(f"{func}: x must have at least one dimension, got a 0-d array (a "
-                         "scalar)")
-    axis = check_axis(axis, x_arr.ndim, func)
+    # A 0-d array (a scalar) is one row of one element with axis=None, as in SciPy; an
+    # int axis is out of its bounds, a ValueError naming the axis.
+    axis = check_axis(axis, x_arr.ndim, func, several=True)
     inv_t = check_temperature(temperature, func, compute)
     reduce = op.reduces
 
@@ -458,7 +491,7 @@ def prepare_rows(op, x, axis, where, out, dtype, *, temperature=1.0, keepdims=Fa
     n_rows = math.prod(row_shape)
     if reduce:
         if keepdims:
-            result_shape = tuple(1 if axis is None or i == axis else n
+            result_shape = tuple(1 if is_reduced(i, axis) else n
                                  for i, n in enumerate(x_arr.shape))
         else:
             result_shape = () if axis is None else row_shape
@@ -512,9 +545,7 @@ def _writable_rows(out: np.ndarray, axis, reduce: bool, keepdims: bool):
         elif axis is None and out.size == 1:
             out = out.reshape(1)
         return out[..., None]
-    if axis is None and not out.flags.c_contiguous:
-        return None
-    return move_axis_last(out, axis)
+    return move_axis_last(out, axis, view=True)
 
 
 def contiguous_rows(x, axis, out, reduce: bool):
@@ -572,10 +603,7 @@ def prepare_backward(op, grad, saved, axis, out, saved_name: str) -> Batch:
                          f"{s.array.shape}; they must be equal")
     kind = common_dtype(g, s, func, ("grad", saved_name))
     compute, result_dtype = dtype_policy(kind, None, func)
-    if s.array.ndim == 0:
-        raise ValueError(f"{func}: grad and {saved_name} must have at least one dimension, "
-                         "got 0-d arrays")
-    axis = check_axis(axis, s.array.ndim, func)
+    axis = check_axis(axis, s.array.ndim, func)  # 0-d: one row of one element with None
     shape = s.array.shape
     if out is not None:
         out = check_out(out, shape, result_dtype, func, dtype_name=kind.result_name())
@@ -692,9 +720,7 @@ def prepare_sample(op, logits, *, temperature, top_k, top_p, min_p, where, seed,
     xo = operand(logits, func, "logits")
     x = xo.array
     compute, _ = dtype_policy(xo, None, func)
-    if x.ndim == 0:
-        raise ValueError(f"{func}: logits must have at least one dimension, got a 0-d array")
-    axis = check_axis(axis, x.ndim, func)
+    axis = check_axis(axis, x.ndim, func)  # 0-d: one row of one element with None
     inv_t = check_temperature(temperature, func, compute, zero_ok=True)
     top_k = check_int(top_k, func, "top_k", minimum=1, none_ok=True)
     top_p = check_fraction(top_p, func, "top_p", default=1.0, low_open=True)

@@ -5,9 +5,11 @@ calls. When the reduced axis lies in one chunk, one ``map_blocks`` of the public
 the whole job. When it is split over several chunks, the split-row passes of the plan run on
 the blocks, without rechunking the user's array: the row maxima of each block (combined by a
 dask max), the sums of ``exp((x - max) / T)`` of each block given the row maxima (combined by
-a dask sum), then the operation's last pass per block given each row's (max, sum) — the same
-passes as an in-memory row split across threads. dask adds the sums of a row's pieces in its
-own order, so float64 results may differ from in-memory ones in the last bit or two.
+a dask sum; for log_softmax and logsumexp, where a row's maximum dominates it, also the sum of
+the others, whose log1p keeps a result near 0 precise), then the operation's last pass per
+block given each row's (max, sum): the same passes as an in-memory row split across threads.
+dask adds the sums of a row's pieces in its own order, so float64 results may differ from
+in-memory ones in the last bit or two.
 
 Threads: dask already runs several tasks at once, so each task uses ``threads`` threads
 (default 1: no oversubscription); raise it when dask runs fewer tasks than cores.
@@ -78,6 +80,11 @@ def _run(op, x, axis, where, dtype, temperature, threads, keepdims=False):
         sums = da.map_blocks(_block_sums, x, maxima, *masks, **options, chunks=reduced_chunks,
                              meta=np.empty((0,) * x.ndim, np.float64)
                              ).sum(axis=axes, keepdims=True)
+        if op.split_log_sum:  # log1p of the rest where a row's maximum dominates it
+            rests = da.map_blocks(_block_rests, x, maxima, sums, *masks, **options,
+                                  chunks=reduced_chunks, meta=np.empty((0,) * x.ndim, np.float64)
+                                  ).sum(axis=axes, keepdims=True)
+            sums = da.map_blocks(plan.log_sums_of, maxima, sums, rests, dtype=np.float64)
         if op.reduces:  # the result per row needs only its max and sum; computed in the
             # compute dtype of the maxima, then rounded as the in-memory kernel rounds it
             out = da.map_blocks(_block_finish, maxima, maxima, sums, **options,
@@ -115,6 +122,14 @@ def _block_sums(block, maxima, mask=None, *, op, axis, cast_to, temperature, thr
     batch = _block_batch(op, block, mask, axis, cast_to, temperature)
     with thread_limit(threads):
         return _from_rows(plan.row_sums(batch, _rows(maxima, axis)), block, axis)
+
+
+def _block_rests(block, maxima, sums, mask=None, *, op, axis, cast_to, temperature, threads):
+    """One block's share of the sums below the maximum of the rows it dominates, float64."""
+    batch = _block_batch(op, block, mask, axis, cast_to, temperature)
+    with thread_limit(threads):
+        return _from_rows(plan.row_rests(batch, _rows(maxima, axis), _rows(sums, axis)), block,
+                          axis)
 
 
 def _block_finish(block, maxima, sums, mask=None, *, op, axis, cast_to, temperature, threads):

@@ -138,10 +138,12 @@ def row_maxima(batch: RowBatch, parallel=None) -> np.ndarray:
     return chunk_max.reshape(batch.n_rows, n_chunks).max(axis=1, initial=-np.inf)
 
 
-def row_sums(batch: RowBatch, maxima: np.ndarray, parallel=None, keep=False) -> np.ndarray:
+def row_sums(batch: RowBatch, maxima: np.ndarray, parallel=None, keep=False,
+             log_sums=False) -> np.ndarray:
     """sum(exp((row - maxima[r]) * inv_t)) of the selected elements of each row, float64.
     ``keep``: also store the exponentials in ``batch.out`` (float rows), for a last pass
-    that scales them."""
+    that scales them. ``log_sums``: their logarithms instead, as the row kernels take them
+    (log1p of the other elements' sum where the maximum dominates a row)."""
     parallel, chunk, rows = _pieces(batch, parallel)
     n_blocks = math.ceil(batch.n_cols / BLOCK)
     block_sums = np.empty(batch.n_rows * n_blocks)
@@ -149,13 +151,36 @@ def row_sums(batch: RowBatch, maxima: np.ndarray, parallel=None, keep=False) -> 
            batch.n_rows, batch.n_cols, chunk, batch.inv_t, maxima, block_sums, keep)
     sums = np.empty(batch.n_rows)
     split_kernels.add_in_order(block_sums, batch.n_rows, sums)
-    return sums
+    if not log_sums:
+        return sums
+    logs = np.empty(batch.n_rows)
+    launch(split_kernels.split_log_sums, parallel, *rows, batch.n_rows, batch.n_cols,
+           batch.inv_t, maxima, sums, block_sums, logs)
+    return logs
+
+
+def row_rests(batch: RowBatch, maxima: np.ndarray, sums: np.ndarray, parallel=None):
+    """For each row whose maximum dominates (given its whole ``sums``), the sum of the
+    exponentials of its elements below the maximum in this batch, else 0: added over the
+    pieces of a row, its log1p is the row's log sum (fastsoftmax.dask, :func:`log_sums_of`)."""
+    parallel, chunk, rows = _pieces(batch, parallel)
+    rests = np.empty(batch.n_rows)
+    launch(split_kernels.split_rests, parallel, *rows, batch.n_rows, batch.n_cols, batch.inv_t,
+           maxima, sums, rests)
+    return rests
+
+
+def log_sums_of(maxima: np.ndarray, sums: np.ndarray, rests: np.ndarray) -> np.ndarray:
+    """The log sums of rows from their maxima, sums and :func:`row_rests` added over pieces."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((sums < 2.0) & np.isfinite(maxima), np.log1p(rests), np.log(sums))
 
 
 def finish_rows(op, batch: RowBatch, maxima: np.ndarray, sums: np.ndarray,
                 parallel=None, kept=False) -> None:
-    """The last pass of ``op`` given each row's max and sum of exponentials (``kept``: the
-    sum pass kept the exponentials, see :func:`row_sums`)."""
+    """The last pass of ``op`` given each row's max and sum of exponentials (their logarithms
+    for an operation with ``split_log_sum``; ``kept``: the sum pass kept the exponentials,
+    see :func:`row_sums`)."""
     parallel, chunk, rows = _pieces(batch, parallel)
     with np.errstate(divide="ignore", invalid="ignore"):
         launch(op.split_finish, parallel, *rows, batch.out, batch.out_stride, batch.n_rows,
@@ -170,7 +195,7 @@ def run_split(op, batch: RowBatch) -> None:
         return
     keep = op.split_keeps_exps
     maxima = row_maxima(batch, parallel=True)
-    sums = row_sums(batch, maxima, parallel=True, keep=keep)
+    sums = row_sums(batch, maxima, parallel=True, keep=keep, log_sums=op.split_log_sum)
     finish_rows(op, batch, maxima, sums, parallel=True, kept=keep)
 
 

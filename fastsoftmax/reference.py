@@ -36,8 +36,6 @@ def _prepare(x, where, dtype, temperature):
     """Input as float64 (after the conversion ``dtype`` asks for), divided by temperature,
     and the mask of selected elements."""
     x = np.asarray(x)
-    if x.ndim == 0:
-        raise ValueError("x must have at least one dimension")
     out_dtype = result_dtype(x.dtype, dtype)
     if dtype is not None:
         x = x.astype(dtype)
@@ -51,6 +49,17 @@ def _max_and_sum(z, selected, axis):
     m = np.max(z, axis=axis, keepdims=True, where=selected, initial=-np.inf)
     e = np.exp(z - m, where=selected, out=np.zeros_like(z))  # 0 where not selected
     return m, e, np.sum(e, axis=axis, keepdims=True)
+
+
+def _log_sum(z, selected, m, s, axis):
+    """log(s), ``s = sum(exp(z - m))``, as SciPy's logsumexp takes it for a finite max ``m``:
+    ``log(c) + log1p(rest / c)`` with ``c`` the count of elements equal to the max and
+    ``rest`` the sum over the others, so that a result near 0 keeps its relative precision."""
+    at_max = selected & (z == m)
+    count = np.sum(at_max, axis=axis, keepdims=True)
+    rest = np.sum(np.exp(z - m, where=selected & ~at_max, out=np.zeros_like(z)), axis=axis,
+                  keepdims=True)
+    return np.where(np.isfinite(m), np.log(count) + np.log1p(rest / count), np.log(s))
 
 
 def _deliver(result, out, out_dtype):
@@ -70,21 +79,23 @@ def softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None):
 
 
 def log_softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None):
-    """Reference log_softmax: ``z - max - log(sum(exp(z - max)))``; -inf where not selected."""
+    """Reference log_softmax: ``z - max - log(sum(exp(z - max)))``, the log as in
+    :func:`logsumexp`; -inf where not selected."""
     z, selected, out_dtype = _prepare(x, where, dtype, temperature)
     with np.errstate(invalid="ignore", divide="ignore"):
         m, e, s = _max_and_sum(z, selected, axis)
-        result = np.where(selected, z - m - np.log(s), -np.inf)
+        result = np.where(selected, z - m - _log_sum(z, selected, m, s, axis), -np.inf)
     return _deliver(result, out, out_dtype)
 
 
 def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
-    """Reference logsumexp: ``max + log(sum(exp(x - max)))``; the max itself when it is not
+    """Reference logsumexp: ``max + log(sum(exp(x - max)))``, SciPy's way (``log1p`` of the
+    sum of the elements below the max, over their count); the max itself when it is not
     finite (-inf for an empty axis or selection, +inf with a +inf, NaN with a NaN)."""
     z, selected, out_dtype = _prepare(x, where, dtype, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         m, e, s = _max_and_sum(z, selected, axis)
-        result = np.where(np.isfinite(m), m + np.log(s), m)
+        result = np.where(np.isfinite(m), m + _log_sum(z, selected, m, s, axis), m)
     if not keepdims:
         result = np.squeeze(result, axis=axis)
     if out is None:

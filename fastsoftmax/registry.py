@@ -44,6 +44,9 @@ class Operation:
     split_keeps_exps
         The split run's sum pass stores the exponentials in the output, and ``split_finish``
         scales them (softmax), instead of computing them twice.
+    split_log_sum
+        ``split_finish`` takes the logarithm of each row's sum, computed as the row kernels
+        compute it (log1p where the maximum dominates: log_softmax, logsumexp).
     calls
         Example calls on a 2-D batch of logits ``x``: ``call(x) -> (args, kwargs)`` for the
         public function and its reference. One call per kernel: warmup compiles them, the
@@ -63,6 +66,7 @@ class Operation:
     reduces: bool = False
     split_finish: KernelPair | None = None
     split_keeps_exps: bool = False
+    split_log_sum: bool = False
     bench: dict = field(default_factory=dict)
     peers: tuple[str, ...] = ()
 
@@ -94,11 +98,11 @@ OPERATIONS = {op.name: op for op in (
         peers=("scipy", "torch", "jax")),
     Operation(
         "log_softmax", reference.log_softmax, (softmax.log_softmax_rows,), (_rows,),
-        split_finish=softmax.log_softmax_finish, bench={"log_softmax": {}},
+        split_finish=softmax.log_softmax_finish, split_log_sum=True, bench={"log_softmax": {}},
         peers=("scipy", "torch", "jax")),
     Operation(
         "logsumexp", reference.logsumexp, (softmax.logsumexp_rows,), (_rows,), reduces=True,
-        split_finish=softmax.logsumexp_finish, bench={"logsumexp": {}},
+        split_finish=softmax.logsumexp_finish, split_log_sum=True, bench={"logsumexp": {}},
         peers=("scipy", "torch", "jax")),
     # the backward passes: any values stand for the saved output as far as the kernels care
     Operation(

@@ -20,12 +20,16 @@ BAD_CALLS = [
     ((np.array(["a", "b"]),), {}, TypeError, ["x", "dtype"]),
     ((np.array([object(), object()]),), {}, TypeError, ["x", "object"]),
     ((np.array(["2020-01-01"], dtype="datetime64[D]"),), {}, TypeError, ["x", "datetime"]),
-    ((np.float64(3.0),), {}, ValueError, ["x", "0-d"]),
-    ((np.array(3.0),), {}, ValueError, ["x", "0-d"]),
+    # a scalar is one row only with axis=None (SciPy's meaning); the default axis -1 is out
+    # of its bounds
+    ((np.float64(3.0),), {}, ValueError, ["axis", "dimension 0", "axis=None"]),
+    ((np.array(3.0),), {"axis": 0}, ValueError, ["axis", "dimension 0"]),
     ((x2,), {"axis": 2}, ValueError, ["axis", "2"]),
     ((x2,), {"axis": -3}, ValueError, ["axis", "-3"]),
     ((x2,), {"axis": 1.0}, TypeError, ["axis"]),
-    ((x2,), {"axis": (0, 1)}, TypeError, ["axis"]),
+    ((x2,), {"axis": (0, 1.0)}, TypeError, ["axis"]),
+    ((x2,), {"axis": (1, -1)}, ValueError, ["axis", "repeat"]),
+    ((x2,), {"axis": (0, 2)}, ValueError, ["axis", "2"]),
     ((x2,), {"where": np.ones((3, 2), bool)}, ValueError, ["where", "(3, 2)", "(2, 3)"]),
     ((x2,), {"where": np.ones((2, 3))}, TypeError, ["where", "bool"]),
     ((x2,), {"dtype": np.int32}, ValueError, ["dtype", "float32"]),
@@ -124,9 +128,11 @@ def _calls_with(name, mistake):
         if name == "cross_entropy":
             return None  # a scalar is the target of 1-D logits there: its own message
         scalars = tuple(np.float64(1.0) if np.shape(a) == np.shape(args[0]) else a for a in args)
-        return scalars, kwargs, ValueError, "at least one dimension"
+        return scalars, kwargs, ValueError, \
+            f"{name}: axis -1 is out of bounds for an array of dimension 0 (a scalar: " \
+            "axis=None takes it as one row)"
     if mistake == "float axis" and "axis" in parameters:
-        return args, dict(kwargs, axis=1.5), TypeError, f"{name}: axis must be an int or None"
+        return args, dict(kwargs, axis=1.5), TypeError, f"{name}: axis must be an int"
     if mistake == "axis out of range" and "axis" in parameters:
         return args, dict(kwargs, axis=5), ValueError, \
             f"{name}: axis 5 is out of bounds for an array of dimension 2"

@@ -336,7 +336,7 @@ BAD_CALLS = [
     (np.full((2, 2, 3), -np.inf), {}, ValueError, ["rows [(0, 0), (0, 1), (1, 0), (1, 1)]"]),
     (np.array([-np.inf]), {}, ValueError, ["the row", "no token"]),
     (np.zeros((2, 0)), {}, ValueError, ["empty vocabulary"]),
-    (np.float64(1.0), {}, ValueError, ["logits", "0-d"]),
+    (np.float64(1.0), {}, ValueError, ["axis", "dimension 0"]),
     (np.array([1 + 1j, 2]), {}, TypeError, ["logits", "complex"]),
     (["a", "b"], {}, TypeError, ["logits", "<U1"]),
     (x2, dict(temperature=-1.0), ValueError, ["temperature"]),

@@ -364,6 +364,66 @@ def sum_exp(row, sel, m, inv_t, ahead, totals=None):
     return total
 
 
+@reduction
+def _block_sum_exp_below(block, sel, m, inv_t):
+    # As _block_sum_exp, leaving out the elements equal to the maximum ``m``.
+    acc = cast_like(block, 0.0)
+    zero = cast_like(block, 0.0)
+    for j in range(block.size):
+        e = exp_shifted(block[j], m, inv_t)
+        acc += pick(sel, j, e, zero) if block[j] < m else zero
+    return acc
+
+
+@building_block
+def sum_exp_below(row, sel, m, inv_t):
+    """sum(exp((row - m) * inv_t)) over the selected elements below ``m``, as float64: a
+    piece of a row whose maximum ``m`` dominates it (fastsoftmax.dask, see :func:`log_sum`)."""
+    total = 0.0
+    for start in range(0, row.size, BLOCK):
+        stop = min(start + BLOCK, row.size)
+        total += np.float64(_block_sum_exp_below(row[start:stop],
+                                                 row_of(sel, start, stop - start), m, inv_t))
+    return total
+
+
+@building_block
+def block_totals(n_cols):
+    """Scratch for the block sums of a row of ``n_cols`` (see :func:`log_sum`)."""
+    return np.empty((n_cols + BLOCK - 1) // BLOCK)
+
+
+@building_block
+def max_dominates(m, s):
+    """Whether the maximum ``m`` of a row outweighs all its other elements together, given
+    ``s = sum(exp(row - m))``: the max contributes exactly 1, so s < 2. log(s) is then below
+    log 2, and s - 1 carries fewer significant bits than the result needs."""
+    return s < 2.0 and np.isfinite(m)
+
+
+@building_block
+def log_sum(row, sel, m, inv_t, s, totals):
+    """log(s) of ``s = sum(exp((row - m) * inv_t))`` over the selected elements, whose block
+    sums are ``totals`` (:func:`sum_exp`): when the maximum dominates the row
+    (:func:`max_dominates`), ``log1p`` of the sum of the other elements' exponentials, so
+    that a result near 0 keeps its relative precision (``logsumexp([0, -40])`` is 4.2e-18,
+    not 0, as SciPy computes it). That sum is the block sums again, in order, with the one
+    block holding the maximum (the only block summing to 1 or more when s < 2) summed once
+    more without it: about 512 exponentials, not another pass over the row."""
+    if not max_dominates(m, s):
+        return np.log(np.float64(s))
+    rest = 0.0
+    for b in range(totals.size):
+        block_total = totals[b]
+        if block_total >= 1.0:
+            start = b * BLOCK
+            stop = min(start + BLOCK, row.size)
+            block_total = np.float64(_block_sum_exp_below(
+                row[start:stop], row_of(sel, start, stop - start), m, inv_t))
+        rest += block_total
+    return np.log1p(rest)
+
+
 @building_block
 def exp_store_sum(row, sel, m, inv_t, dst, ahead, totals=None):
     """dst = exp((row - m) * inv_t) (0 where not selected); returns sum(dst) as float64:

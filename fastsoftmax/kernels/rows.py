@@ -173,11 +173,12 @@ def store_value(out, j, value):
         out[j] = out.dtype.type(value)
 
 
-def logsumexp_of(m, s):
-    """logsumexp of a row from its max ``m`` and ``s = sum(exp(row - m))``: ``m + log(s)``,
-    or ``m`` itself when it is not finite (-inf: nothing selected or only -inf; +inf; NaN)."""
+def logsumexp_of(m, log_s):
+    """logsumexp of a row from its max ``m`` and ``log_s = log(sum(exp(row - m)))``
+    (:func:`~fastsoftmax.kernels.numerics.log_sum`): ``m + log_s``, or ``m`` itself when it
+    is not finite (-inf: nothing selected or only -inf; +inf; NaN)."""
     if math.isfinite(m):
-        return np.float64(m) + np.log(np.float64(s))
+        return np.float64(m) + np.float64(log_s)
     return np.float64(m)
 
 

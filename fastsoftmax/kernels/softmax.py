@@ -22,7 +22,8 @@ import numpy as np
 from numba import prange
 
 from .jit import building_block, kernel_pair
-from .numerics import BLOCK, cast_like, exp_store_sum, next_row, row_of, row_or, sum_exp
+from .numerics import (BLOCK, block_totals, cast_like, exp_store_sum, log_sum, max_dominates,
+                       next_row, row_of, row_or, sum_exp, sum_exp_below)
 from .rows import (exps_kept, load, load_max, logsumexp_of, result_target, row_buffer,
                    store_scaled, store_shifted, store_value, task_rows)
 
@@ -51,13 +52,15 @@ def log_softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_
     """out[r] = log_softmax(x[r] * inv_t): max pass, sum-exp pass, shift pass."""
     for task in prange(n_tasks):
         buf = row_buffer(x, n_cols)
+        totals = block_totals(n_cols)
         first, end = task_rows(task, n_tasks, n_rows)
         for r in range(first, end):
             src = x[r * x_stride:r * x_stride + n_cols]
             sel = row_of(mask, r * mask_stride, n_cols)
             row, m = load_max(src, sel, buf)
-            s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols))
-            store_shifted(src, row, sel, m, inv_t, cast_like(row, np.log(np.float64(s))),
+            s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols), totals)
+            store_shifted(src, row, sel, m, inv_t,
+                          cast_like(row, log_sum(row, sel, m, inv_t, s, totals)),
                           row_of(out, r * out_stride, n_cols),
                           row_or(out, r * out_stride, n_cols, src))
 
@@ -69,15 +72,18 @@ def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_co
     as logsumexp takes no temperature, keeps the signature of the family)."""
     for task in prange(n_tasks):
         buf = row_buffer(x, n_cols)
+        totals = block_totals(n_cols)
         first, end = task_rows(task, n_tasks, n_rows)
         for r in range(first, end):
             src = x[r * x_stride:r * x_stride + n_cols]
             sel = row_of(mask, r * mask_stride, n_cols)
             row, m = load_max(src, sel, buf)
-            s = 0.0
+            log_s = 0.0
             if np.isfinite(m):  # else the max is the answer (and the exponentials are NaN)
-                s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols))
-            store_value(out, r * out_stride, logsumexp_of(m, s))
+                s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols),
+                            totals)
+                log_s = log_sum(row, sel, m, inv_t, s, totals)
+            store_value(out, r * out_stride, logsumexp_of(m, log_s))
 
 
 # --- rows cut into pieces ----------------------------------------------------------------------
@@ -133,6 +139,36 @@ def split_sum_exp(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_col
             sum_exp(row, sel, maxima[r], inv_t, x[:0], totals)
 
 
+@kernel_pair
+def split_log_sums(x, x_stride, mask, mask_stride, n_rows, n_cols, inv_t, maxima, sums,
+                   block_sums, log_sums):
+    """log_sums[r] = log of row r's sum of exponentials, as the row kernels take it
+    (:func:`~fastsoftmax.kernels.numerics.log_sum`) from the same block sums: log1p of the
+    other elements' sum where the maximum dominates (the row is read only then)."""
+    n_blocks = (n_cols + BLOCK - 1) // BLOCK
+    for r in prange(n_rows):
+        if max_dominates(maxima[r], sums[r]):
+            src = x[r * x_stride:r * x_stride + n_cols]
+            log_sums[r] = log_sum(load(src, row_buffer(x, n_cols)),
+                                  row_of(mask, r * mask_stride, n_cols), maxima[r], inv_t,
+                                  sums[r], block_sums[r * n_blocks:(r + 1) * n_blocks])
+        else:
+            log_sums[r] = np.log(sums[r])
+
+
+@kernel_pair
+def split_rests(x, x_stride, mask, mask_stride, n_rows, n_cols, inv_t, maxima, sums, rests):
+    """rests[r] = sum of exp((x - maxima[r]) * inv_t) over the elements of row r below its
+    maximum, for the rows whose maximum dominates (given the whole rows' ``sums``), else 0:
+    a dask block's share of the sum whose log1p :func:`split_log_sums` takes in memory."""
+    for r in prange(n_rows):
+        rests[r] = 0.0
+        if max_dominates(maxima[r], sums[r]):
+            src = x[r * x_stride:r * x_stride + n_cols]
+            rests[r] = sum_exp_below(load(src, row_buffer(x, n_cols)),
+                                     row_of(mask, r * mask_stride, n_cols), maxima[r], inv_t)
+
+
 @building_block
 def add_in_order(block_sums, n_rows, sums):
     """sums[r] = the block sums of row r added one after another, in block order: as the row
@@ -166,22 +202,23 @@ def softmax_finish(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_co
 
 @kernel_pair
 def log_softmax_finish(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk,
-                       inv_t, maxima, sums, kept):
-    """out = (x - row max) * inv_t - log(row sum), chunk by chunk."""
+                       inv_t, maxima, log_sums, kept):
+    """out = (x - row max) * inv_t - log(row sum), chunk by chunk (given the log sums)."""
     n_chunks = (n_cols + chunk - 1) // chunk
     for k in prange(n_rows * n_chunks):
         r, start, stop = chunk_span(k, n_chunks, chunk, n_cols)
         src = x[r * x_stride + start:r * x_stride + stop]
         row = load(src, row_buffer(x, stop - start))
         store_shifted(src, row, row_of(mask, r * mask_stride + start, stop - start),
-                      maxima[r], inv_t, cast_like(row, np.log(sums[r])),
+                      maxima[r], inv_t, cast_like(row, log_sums[r]),
                       row_of(out, r * out_stride + start, stop - start),
                       row_or(out, r * out_stride + start, stop - start, src))
 
 
 @kernel_pair
 def logsumexp_finish(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols, chunk,
-                     inv_t, maxima, sums, kept):
-    """out[r * out_stride] = logsumexp of row r from its max and sum (``x`` is not read)."""
+                     inv_t, maxima, log_sums, kept):
+    """out[r * out_stride] = logsumexp of row r from its max and log sum (``x`` is not
+    read)."""
     for r in prange(n_rows):
-        store_value(out, r * out_stride, logsumexp_of(maxima[r], sums[r]))
+        store_value(out, r * out_stride, logsumexp_of(maxima[r], log_sums[r]))
