@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import arguments, plan
+from . import arguments, complexes, plan
 from .registry import OPERATIONS, operation
 from .tensors import accepts_tensors
 
@@ -83,24 +83,43 @@ def log_softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None
     return _forward(LOG_SOFTMAX, x, axis, where, out, dtype, temperature)
 
 
-def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
-    """``log(sum(exp(x)))`` along an axis, without overflow.
+def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, where=None, out=None,
+              dtype=None):
+    """``log(sum(exp(x)))`` along an axis, without overflow; ``log(sum(b * exp(x)))`` with
+    weights, as ``scipy.special.logsumexp``.
 
     Parameters
     ----------
     x, axis, where, dtype
-        As in :func:`softmax` (``axis=None`` reduces the whole array).
+        As in :func:`softmax` (``axis=None`` reduces the whole array, a tuple of axes all of
+        them at once). Complex ``x`` follows SciPy (see Notes).
+    b : array_like, optional
+        Weights broadcastable with ``x``: the result is ``log(sum(b * exp(x)))``. Elements
+        with ``b == 0`` are left out, even when ``x`` is infinite or NaN there. Negative
+        weights may make the sum negative: the result is then NaN, unless ``return_sign``.
+        The dtype of ``x`` and ``b`` together decides the computation (NumPy's promotion).
     keepdims : bool, default False
-        Keep the reduced axis with length 1, as in NumPy.
+        Keep the reduced axes with length 1, as in NumPy.
+    return_sign : bool, default False
+        Also return the sign of the sum: the result is then ``(log|s|, sign(s))``, the sign
+        +1, -1, 0 (a sum of 0) or NaN, in the result's dtype (SciPy's convention: -1 for an
+        empty axis).
     out : ndarray, optional
-        Exact shape and dtype of the result.
+        Exact shape and dtype of the (first) result.
 
     Returns
     -------
-    ndarray or scalar
+    ndarray or scalar, or a tuple of two of them
         ``x``'s shape without ``axis``; a NumPy scalar when that shape is ``()`` and
         ``out`` is not given. ``-inf`` for an empty axis or an empty selection, ``+inf`` if
-        a row holds ``+inf``, NaN if it holds NaN.
+        a row holds ``+inf``, NaN if it holds NaN. Where the maximum dominates a row, the
+        result is ``max + log1p(sum of the others)``: precise near 0.
+
+    Notes
+    -----
+    Complex input (no ``where``, ``out`` or ``dtype``) returns ``log(sum(exp(x)))`` with the
+    imaginary part in (-pi, pi], SciPy's algorithm in NumPy; with ``return_sign`` the "sign"
+    is the phase ``exp(i * angle)``.
 
     Examples
     --------
@@ -111,8 +130,34 @@ def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
     >>> logsumexp(np.zeros((2, 4)), axis=1, keepdims=True).round(6)
     array([[1.386294],
            [1.386294]])
+    >>> float(logsumexp(np.array([0.0, -40.0])))  # log1p(exp(-40)), not 0
+    4.248354255291589e-18
+    >>> value, sign = logsumexp(np.array([1.0, 2.0]), b=np.array([1.0, -1.0]),
+    ...                         return_sign=True)
+    >>> float(value.round(6)), float(sign)
+    (1.541325, -1.0)
     """
-    return _forward(LOGSUMEXP, x, axis, where, out, dtype, 1.0, keepdims)
+    if b is None and not return_sign:
+        if type(x) is np.ndarray and x.dtype.kind != "c" or not complexes.is_complex(x):
+            return _forward(LOGSUMEXP, x, axis, where, out, dtype, 1.0, keepdims)
+    if complexes.is_complex(x):
+        if b is not None or where is not None or out is not None or dtype is not None:
+            raise TypeError("logsumexp: complex x takes no b, where, out or dtype (SciPy's "
+                            "complex logsumexp has none)")
+        return complexes.complex_logsumexp(x, axis, keepdims, return_sign)
+    result = _weighted(LOGSUMEXP, x, b, axis, where, out, dtype, keepdims, return_sign)
+    if out is None and isinstance(result, tuple):
+        return tuple(r[()] if isinstance(r, np.ndarray) and not r.ndim else r for r in result)
+    if out is None and isinstance(result, np.ndarray) and not result.ndim:
+        return result[()]
+    return result
+
+
+@accepts_tensors("x", "b", "where", "out")
+def _weighted(op, x, b, axis, where, out, dtype, keepdims, return_sign):
+    batch = arguments.prepare_weighted_logsumexp(op, x, b, axis, where, out, dtype,
+                                                 keepdims=keepdims, return_sign=return_sign)
+    return plan.run(op, batch)
 
 
 def _forward(op, x, axis, where, out, dtype, temperature, keepdims=False):

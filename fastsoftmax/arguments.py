@@ -537,6 +537,55 @@ def prepare_rows(op, x, axis, where, out, dtype, *, temperature=1.0, keepdims=Fa
                     n_cols, kernel_inv_t, result, written=shaped)
 
 
+def prepare_weighted_logsumexp(op, x, b, axis, where, out, dtype, *, keepdims,
+                                return_sign) -> Batch:
+    """Validate a logsumexp with weights ``b`` (None: all 1) or ``return_sign``, SciPy's
+    options, and lay it out as rows: those of :func:`prepare_rows` for ``x`` (and ``b``)
+    broadcast together, and rows of weights in the compute dtype. The result is
+    ``log|sum(b * exp(x))|`` and, with ``return_sign``, a tuple with its sign."""
+    func = op.name
+    xo = operand(x, func, "x")
+    shape = xo.array.shape
+    if b is not None:
+        bo = operand(b, func, "b")
+        try:
+            shape = np.broadcast_shapes(shape, bo.array.shape)
+        except ValueError:
+            raise ValueError(f"{func}: b has shape {bo.array.shape}, which does not broadcast "
+                             f"with the shape of x {xo.array.shape}") from None
+        promoted = common_dtype(xo, bo, func, ("x", "b"))
+        if dtype is None and promoted is not xo:  # x takes b's wider dtype, as in SciPy
+            dtype = dtype_policy(promoted, None, func)[0]
+        if shape != xo.array.shape:
+            xo = Operand(np.broadcast_to(xo.array, shape), xo.half, xo.bits_only)
+    rows = prepare_rows(op, Bfloat16Bits(xo.array) if xo.bits_only else xo.array, axis, where,
+                        out, dtype, keepdims=keepdims)
+    compute = np.dtype(np.float32) if rows.x.dtype.kind in "iu" else rows.x.dtype
+    if b is None:
+        b_flat, b_stride = np.ones(max(rows.n_cols, 1), compute), 0
+    else:
+        values = widen_bits(bo.array) if bo.bits_only else bo.array
+        b_flat, b_stride = _flat_rows(
+            move_axis_last(np.broadcast_to(values, shape), check_axis(axis, len(shape), func,
+                                                                     several=True)), compute)
+    sign = np.empty(rows.n_rows)
+
+    def finish():
+        value = rows.finish()
+        if not return_sign:
+            return value
+        if rows.n_cols == 0:
+            sign.fill(-1.0)  # SciPy: the sign of the -inf of an empty sum
+        result = np.asarray(value)
+        return value, cast_result(sign.reshape(result.shape), result.dtype,
+                                  result.dtype == BFLOAT16_BITS)
+
+    return Batch(op.kernels[1], (rows.x, rows.x_stride, b_flat, b_stride, rows.mask,
+                                 rows.mask_stride, rows.out, rows.out_stride, sign,
+                                 bool(return_sign), rows.n_rows, rows.n_cols), rows.n_rows,
+                 rows.n_cols, finish)
+
+
 def _writable_rows(out: np.ndarray, axis, reduce: bool, keepdims: bool):
     """A view of ``out`` as rows the kernel can write (one column when reducing), or None."""
     if reduce:

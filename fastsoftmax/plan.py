@@ -88,7 +88,7 @@ def run(op, batch):
     """Compute ``batch`` (from :mod:`fastsoftmax.arguments`) with the build the plan picks;
     return its result (``batch.finish()``)."""
     build = choose_build(op, batch.n_rows, batch.n_cols)
-    if build == "split":
+    if build == "split" and isinstance(batch, RowBatch):  # other batches' rows never split
         run_split(op, batch)
     else:
         parallel = build == "parallel"

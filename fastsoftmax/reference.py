@@ -88,20 +88,89 @@ def log_softmax(x, axis=-1, *, temperature=1.0, where=None, out=None, dtype=None
     return _deliver(result, out, out_dtype)
 
 
-def logsumexp(x, axis=-1, *, keepdims=False, where=None, out=None, dtype=None):
+def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, where=None, out=None,
+              dtype=None):
     """Reference logsumexp: ``max + log(sum(exp(x - max)))``, SciPy's way (``log1p`` of the
     sum of the elements below the max, over their count); the max itself when it is not
-    finite (-inf for an empty axis or selection, +inf with a +inf, NaN with a NaN)."""
+    finite (-inf for an empty axis or selection, +inf with a +inf, NaN with a NaN). With
+    weights ``b`` or ``return_sign``: :func:`_weighted_logsumexp`; complex ``x``:
+    :func:`_complex_logsumexp`."""
+    if np.iscomplexobj(x):
+        return _complex_logsumexp(x, axis, keepdims, return_sign)
+    if b is not None or return_sign:
+        return _weighted_logsumexp(x, b, axis, keepdims, return_sign, where, out, dtype)
     z, selected, out_dtype = _prepare(x, where, dtype, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         m, e, s = _max_and_sum(z, selected, axis)
         result = np.where(np.isfinite(m), m + _log_sum(z, selected, m, s, axis), m)
+    return _reduced(result, axis, keepdims, out, out_dtype)
+
+
+def _reduced(result, axis, keepdims, out, out_dtype):
     if not keepdims:
         result = np.squeeze(result, axis=axis)
     if out is None:
         result = result.astype(out_dtype)
         return result[()] if result.ndim == 0 else result
     return _deliver(result, out, out_dtype)
+
+
+def _weighted_logsumexp(x, b, axis, keepdims, return_sign, where, out, dtype):
+    """SciPy 1.17's logsumexp with weights ``b`` (None: 1) and ``return_sign``, float64: the
+    terms at the maximum (over the elements of non-zero weight) apart, ``log1p`` of the rest
+    over them; where that is not finite, ``log|sum(b * exp(x))|`` directly."""
+    x = np.asarray(x)
+    w = np.ones(()) if b is None else np.asarray(b)
+    x, w = np.broadcast_arrays(x, w)
+    dtype = dtype if dtype is not None or b is None else np.result_type(x, w)
+    z, selected, out_dtype = _prepare(x, where, dtype, 1.0)
+    w = w.astype(np.float64)
+    keep = selected & (w != 0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        m = np.max(z, axis=axis, keepdims=True, where=keep, initial=-np.inf)
+        at_max = keep & (z == m)
+        a = np.sum(np.where(at_max, w, 0.0), axis=axis, keepdims=True)
+        rest = np.sum(np.where(keep & ~at_max, w * np.exp(z - m), 0.0), axis=axis,
+                      keepdims=True)
+        ratio = np.where(rest == 0, 0.0, rest / a)
+        sign = np.sign(ratio + 1) * np.sign(a)
+        ratio = np.where(ratio < -1, -ratio - 2, ratio)
+        value = np.log1p(ratio) + np.log(np.abs(a)) + m
+        direct = np.sum(np.where(selected, w * np.exp(z), 0.0), axis=axis, keepdims=True)
+        finite = np.isfinite(value)
+        value = np.where(finite, value, np.log(np.abs(direct)))
+        sign = np.where(finite, sign, np.sign(direct))
+    if not return_sign:
+        return _reduced(np.where(sign < 0, np.nan, value), axis, keepdims, out, out_dtype)
+    if z.size == 0:
+        sign = np.full_like(sign, -1.0)  # SciPy: the sign of the -inf of an empty sum
+    return (_reduced(value, axis, keepdims, out, out_dtype),
+            _reduced(sign, axis, keepdims, None, out_dtype))
+
+
+def _complex_logsumexp(x, axis, keepdims, return_sign):
+    """``log(sum(exp(x)))`` of complex ``x``, in complex256 where the platform has it,
+    shifted by the largest real part; where that is not finite, ``log(sum(exp(x)))``
+    directly (C99's rules for infinities: SciPy's way). The imaginary part is wrapped into
+    (-pi, pi]. With ``return_sign``: ``(log|sum|, sign(sum))`` (``sum / |sum|``), as SciPy."""
+    z = np.asarray(x).astype(np.clongdouble)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        shift = np.max(z.real, axis=axis, keepdims=True, initial=-np.inf)
+        shift = np.where(np.isfinite(shift), shift, 0)
+        value = np.log(np.sum(np.exp(z - shift), axis=axis, keepdims=True)) + shift
+        direct = np.sum(np.exp(z), axis=axis, keepdims=True)
+        finite = np.isfinite(value)
+        # the phase of the direct sum, as SciPy takes it: sum / |sum| (NaN for infinities), 0
+        sign = np.where(finite, np.exp(1j * value.imag),
+                        np.where(direct == 0, 0, direct / np.abs(direct)))
+        value = np.where(finite, value, np.log(direct))
+    wrapped = -((np.pi - value.imag) % (2 * np.pi) - np.pi)
+    value = value.real + 1j * np.where(np.abs(value.imag) < np.pi, value.imag, wrapped)
+    out_dtype = np.result_type(np.asarray(x).dtype, np.complex64)
+    if not return_sign:
+        return _reduced(value, axis, keepdims, None, out_dtype)
+    return (_reduced(value.real, axis, keepdims, None, np.empty(0, out_dtype).real.dtype),
+            _reduced(sign, axis, keepdims, None, out_dtype))
 
 
 def softmax_backward(grad, y, axis=-1, *, out=None):

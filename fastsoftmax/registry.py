@@ -91,6 +91,14 @@ def _targets(x) -> np.ndarray:
     return np.random.default_rng(1).integers(0, np.shape(x)[-1], rows)
 
 
+def _weights(x) -> np.ndarray:
+    """Weights of both signs, some 0, for the rows of ``x`` (fixed seed): SciPy's ``b``."""
+    dtype = getattr(x, "dtype", np.float32)  # x's own (bfloat16 bits: float32)
+    dtype = dtype if np.dtype(dtype).kind == "f" or dtype.name == "bfloat16" else np.float32
+    return np.random.default_rng(2).choice([-0.5, 0.0, 1.0, 2.0],
+                                           size=np.shape(x)[-1]).astype(dtype)
+
+
 OPERATIONS = {op.name: op for op in (
     Operation(
         "softmax", reference.softmax, (softmax.softmax_rows,), (_rows,),
@@ -101,7 +109,9 @@ OPERATIONS = {op.name: op for op in (
         split_finish=softmax.log_softmax_finish, split_log_sum=True, bench={"log_softmax": {}},
         peers=("scipy", "torch", "jax")),
     Operation(
-        "logsumexp", reference.logsumexp, (softmax.logsumexp_rows,), (_rows,), reduces=True,
+        "logsumexp", reference.logsumexp,
+        (softmax.logsumexp_rows, softmax.weighted_logsumexp_rows),
+        (_rows, lambda x: ((x,), {"b": _weights(x), "return_sign": True})), reduces=True,
         split_finish=softmax.logsumexp_finish, split_log_sum=True, bench={"logsumexp": {}},
         peers=("scipy", "torch", "jax")),
     # the backward passes: any values stand for the saved output as far as the kernels care

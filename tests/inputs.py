@@ -83,6 +83,16 @@ def hard_logits(rng, shape, dtype, *, sampleable=False):
         return x.astype(dtype_of(dtype))
 
 
+def dominated_logits(rng, shape, dtype, gap):
+    """Rows whose maximum, near 0, outweighs all the others together: every other element at
+    least ``gap`` below it (a confident model's log-probabilities). logsumexp of such a row
+    is tiny and log_softmax of its maximum too: only log1p of the others keeps them."""
+    x = -gap - np.abs(rng.standard_normal(shape)) * 3.0
+    top = rng.integers(0, shape[-1], shape[:-1])
+    np.put_along_axis(x, top[..., None], rng.uniform(-1e-3, 1e-3, shape[:-1] + (1,)), axis=-1)
+    return x.astype(dtype_of(dtype))
+
+
 def mask_for(rng, shape, *, keep_every_row=False):
     """A random ``where`` mask of ``shape``; its third row selects nothing unless
     ``keep_every_row`` (then every row keeps its first element)."""

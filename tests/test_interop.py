@@ -307,13 +307,16 @@ def test_a_tensor_out_is_written_in_place(torch, name, dtype_name):
         context = f"{name} {dtype_name} call {index}"
         with np.errstate(all="ignore"):
             want = function(*args, **kwargs)
-            wanted = want[-1] if isinstance(want, tuple) else want
+            written = -1 if keyword == "grad_out" else 0  # the result that is out
+            wanted = want[written] if isinstance(want, tuple) else want
             out = as_tensor(torch, np.zeros_like(np.asarray(wanted)))
             pointer = out.data_ptr()
             t_args = [tensor_of_the_same_values(torch, a) if a is x else
                       (torch.from_numpy(a) if isinstance(a, np.ndarray) else a) for a in args]
-            got = function(*t_args, **dict(kwargs, **{keyword: out}))
-        result = got[-1] if isinstance(got, tuple) else got
+            t_kwargs = {k: tensor_of_the_same_values(torch, v) if isinstance(v, np.ndarray)
+                        and v.dtype == x.dtype else v for k, v in kwargs.items()}  # weights
+            got = function(*t_args, **dict(t_kwargs, **{keyword: out}))
+        result = got[written] if isinstance(got, tuple) else got
         assert result is out and out.data_ptr() == pointer, context
         assert_same_bits(from_tensor(torch, out), np.asarray(wanted), context)
         if isinstance(got, tuple):  # the loss, a tensor too

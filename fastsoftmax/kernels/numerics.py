@@ -388,6 +388,43 @@ def sum_exp_below(row, sel, m, inv_t):
 
 
 @building_block
+def weighted_log_sum_exp(row, w, sel):
+    """``(log|s|, sign(s))`` of ``s = sum(w * exp(row))`` over the selected elements: SciPy's
+    logsumexp with weights ``b``. Elements of weight 0 are left out (even +inf or NaN). The
+    terms at the maximum ``m`` are added apart, ``a = sum of their weights``, and
+    ``log|s| = m + log|a| + log1p(rest / a)`` (``rest``: the other weighted exponentials),
+    precise near 0; where that is not finite (an infinite or NaN maximum, weights at the
+    maximum that cancel, a sum that cancels to 0), the direct sum of ``w * exp(row)`` over
+    every selected element decides, as in SciPy. Sums in float64."""
+    m = cast_like(row, -np.inf)
+    for j in range(row.size):
+        if pick(sel, j, w[j] != 0, False):
+            m = maximum(m, row[j])
+    if np.isfinite(m):
+        at_max = 0.0
+        rest = 0.0
+        for j in range(row.size):
+            if pick(sel, j, w[j] != 0, False):
+                if row[j] == m:
+                    at_max += np.float64(w[j])
+                else:
+                    rest += np.float64(w[j]) * np.float64(exp_shifted(row[j], m, None))
+        if at_max != 0.0:
+            ratio = rest / at_max
+            sign = np.sign(ratio + 1.0) * np.sign(at_max)
+            if ratio < -1.0:  # |1 + ratio| = -ratio - 1 = 1 + (-ratio - 2)
+                ratio = -ratio - 2.0
+            value = np.log1p(ratio) + np.log(abs(at_max)) + np.float64(m)
+            if np.isfinite(value):
+                return value, sign
+    total = 0.0
+    for j in range(row.size):
+        if pick(sel, j, True, False):
+            total += np.float64(w[j]) * np.exp(np.float64(row[j]))
+    return np.log(abs(total)), np.sign(total)
+
+
+@building_block
 def block_totals(n_cols):
     """Scratch for the block sums of a row of ``n_cols`` (see :func:`log_sum`)."""
     return np.empty((n_cols + BLOCK - 1) // BLOCK)

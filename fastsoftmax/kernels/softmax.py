@@ -23,7 +23,8 @@ from numba import prange
 
 from .jit import building_block, kernel_pair
 from .numerics import (BLOCK, block_totals, cast_like, exp_store_sum, log_sum, max_dominates,
-                       next_row, row_of, row_or, sum_exp, sum_exp_below)
+                       next_row, row_of, row_or, sum_exp, sum_exp_below,
+                       weighted_log_sum_exp)
 from .rows import (exps_kept, load, load_max, logsumexp_of, result_target, row_buffer,
                    store_scaled, store_shifted, store_value, task_rows)
 
@@ -84,6 +85,26 @@ def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_co
                             totals)
                 log_s = log_sum(row, sel, m, inv_t, s, totals)
             store_value(out, r * out_stride, logsumexp_of(m, log_s))
+
+
+@kernel_pair
+def weighted_logsumexp_rows(x, x_stride, b, b_stride, mask, mask_stride, out, out_stride, sign,
+                            signed, n_rows, n_cols, n_tasks):
+    """out[r * out_stride] = log|sum(b[r] * exp(x[r]))| and sign[r] its sign (float64), as
+    :func:`~fastsoftmax.kernels.numerics.weighted_log_sum_exp` takes them; ``b`` holds rows
+    of weights in the compute dtype (``b_stride`` 0: one row for all). ``signed`` False: a
+    negative sum gives NaN (SciPy without ``return_sign``). Rows are never split."""
+    for task in prange(n_tasks):
+        buf = row_buffer(x, n_cols)
+        first, end = task_rows(task, n_tasks, n_rows)
+        for r in range(first, end):
+            row = load(x[r * x_stride:r * x_stride + n_cols], buf)
+            value, row_sign = weighted_log_sum_exp(
+                row, b[r * b_stride:r * b_stride + n_cols], row_of(mask, r * mask_stride, n_cols))
+            if row_sign < 0 and not signed:
+                value = np.nan
+            store_value(out, r * out_stride, value)
+            sign[r] = row_sign
 
 
 # --- rows cut into pieces ----------------------------------------------------------------------
