@@ -344,16 +344,21 @@ def record(totals, b, value):
 
 
 @building_block
-def sum_exp(row, sel, m, inv_t, ahead, totals=None):
-    """sum(exp((row - m) * inv_t)) over the selected elements, as float64: block sums added in
-    order; ``totals``: where to record each block's sum too (a split row's sum pass; None:
-    nowhere).
+def sum_exp_parts(row, sel, m, inv_t, ahead, totals=None):
+    """``(s, rest, big)``: ``s = sum(exp((row - m) * inv_t))`` over the selected elements, as
+    float64, block sums added in order; ``rest`` the sum of the blocks that sum to less than
+    1, in order, and ``big`` the last block that does not (-1: none). When the maximum ``m``
+    dominates the row (:func:`max_dominates`), ``big`` is the block holding it, the only one,
+    and :func:`log_sum` needs only that block again. ``totals``: where to record each block's
+    sum too (a split row's sum pass; None: nowhere).
 
     ``ahead``: the next row to work on (or an empty array), prefetched block by block while
     this one computes: in a batch too big for the caches, the next row then streams in from
     memory during the exponentials instead of stalling the following max pass.
     """
     total = 0.0
+    rest = 0.0
+    big = -1
     for start in range(0, row.size, BLOCK):
         stop = min(start + BLOCK, row.size)
         prefetch_lines(ahead[start:stop])
@@ -361,7 +366,30 @@ def sum_exp(row, sel, m, inv_t, ahead, totals=None):
                                                 row_of(sel, start, stop - start), m, inv_t))
         record(totals, start // BLOCK, block_total)
         total += block_total
-    return total
+        if block_total < 1.0:
+            rest += block_total
+        else:
+            big = start // BLOCK
+    return total, rest, big
+
+
+@building_block
+def sum_exp(row, sel, m, inv_t, ahead, totals=None):
+    """``s`` of :func:`sum_exp_parts`."""
+    return sum_exp_parts(row, sel, m, inv_t, ahead, totals)[0]
+
+
+@building_block
+def rest_of_blocks(totals):
+    """``(rest, big)`` of :func:`sum_exp_parts` from recorded block sums (a split row)."""
+    rest = 0.0
+    big = -1
+    for b in range(totals.size):
+        if totals[b] < 1.0:
+            rest += totals[b]
+        else:
+            big = b
+    return rest, big
 
 
 @reduction
@@ -425,12 +453,6 @@ def weighted_log_sum_exp(row, w, sel):
 
 
 @building_block
-def block_totals(n_cols):
-    """Scratch for the block sums of a row of ``n_cols`` (see :func:`log_sum`)."""
-    return np.empty((n_cols + BLOCK - 1) // BLOCK)
-
-
-@building_block
 def max_dominates(m, s):
     """Whether the maximum ``m`` of a row outweighs all its other elements together, given
     ``s = sum(exp(row - m))``: the max contributes exactly 1, so s < 2. log(s) is then below
@@ -439,26 +461,25 @@ def max_dominates(m, s):
 
 
 @building_block
-def log_sum(row, sel, m, inv_t, s, totals):
-    """log(s) of ``s = sum(exp((row - m) * inv_t))`` over the selected elements, whose block
-    sums are ``totals`` (:func:`sum_exp`): when the maximum dominates the row
-    (:func:`max_dominates`), ``log1p`` of the sum of the other elements' exponentials, so
-    that a result near 0 keeps its relative precision (``logsumexp([0, -40])`` is 4.2e-18,
-    not 0, as SciPy computes it). That sum is the block sums again, in order, with the one
-    block holding the maximum (the only block summing to 1 or more when s < 2) summed once
+def log1p_of_rest(row, sel, m, inv_t, rest, big):
+    """log1p of the sum of the exponentials of the row but its maximum ``m``: ``rest`` (the
+    other blocks, :func:`sum_exp_parts`) and block ``big``, which holds ``m``, summed once
     more without it: about 512 exponentials, not another pass over the row."""
-    if not max_dominates(m, s):
-        return np.log(np.float64(s))
-    rest = 0.0
-    for b in range(totals.size):
-        block_total = totals[b]
-        if block_total >= 1.0:
-            start = b * BLOCK
-            stop = min(start + BLOCK, row.size)
-            block_total = np.float64(_block_sum_exp_below(
-                row[start:stop], row_of(sel, start, stop - start), m, inv_t))
-        rest += block_total
-    return np.log1p(rest)
+    start = big * BLOCK
+    stop = min(start + BLOCK, row.size)
+    return np.log1p(rest + np.float64(_block_sum_exp_below(
+        row[start:stop], row_of(sel, start, stop - start), m, inv_t)))
+
+
+@building_block
+def log_sum(row, sel, m, inv_t, s, rest, big):
+    """log(s) of ``(s, rest, big)`` from :func:`sum_exp_parts`: ``log1p`` of the sum of the
+    other elements when the maximum dominates the row (:func:`max_dominates`), so that a
+    result near 0 keeps its relative precision (``logsumexp([0, -40])`` is 4.2e-18, not 0,
+    as SciPy computes it)."""
+    if max_dominates(m, s):
+        return log1p_of_rest(row, sel, m, inv_t, rest, big)
+    return np.log(np.float64(s))
 
 
 @building_block

@@ -22,9 +22,9 @@ import numpy as np
 from numba import prange
 
 from .jit import building_block, kernel_pair
-from .numerics import (BLOCK, block_totals, cast_like, exp_store_sum, log_sum, max_dominates,
-                       next_row, row_of, row_or, sum_exp, sum_exp_below,
-                       weighted_log_sum_exp)
+from .numerics import (BLOCK, cast_like, exp_store_sum, log1p_of_rest, log_sum, max_dominates,
+                       next_row, rest_of_blocks, row_of, row_or, sum_exp, sum_exp_below,
+                       sum_exp_parts, weighted_log_sum_exp)
 from .rows import (exps_kept, load, load_max, logsumexp_of, result_target, row_buffer,
                    store_scaled, store_shifted, store_value, task_rows)
 
@@ -53,15 +53,15 @@ def log_softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_
     """out[r] = log_softmax(x[r] * inv_t): max pass, sum-exp pass, shift pass."""
     for task in prange(n_tasks):
         buf = row_buffer(x, n_cols)
-        totals = block_totals(n_cols)
         first, end = task_rows(task, n_tasks, n_rows)
         for r in range(first, end):
             src = x[r * x_stride:r * x_stride + n_cols]
             sel = row_of(mask, r * mask_stride, n_cols)
             row, m = load_max(src, sel, buf)
-            s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols), totals)
+            s, rest, big = sum_exp_parts(row, sel, m, inv_t,
+                                         next_row(x, r, n_rows, x_stride, n_cols))
             store_shifted(src, row, sel, m, inv_t,
-                          cast_like(row, log_sum(row, sel, m, inv_t, s, totals)),
+                          cast_like(row, log_sum(row, sel, m, inv_t, s, rest, big)),
                           row_of(out, r * out_stride, n_cols),
                           row_or(out, r * out_stride, n_cols, src))
 
@@ -73,7 +73,6 @@ def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_co
     as logsumexp takes no temperature, keeps the signature of the family)."""
     for task in prange(n_tasks):
         buf = row_buffer(x, n_cols)
-        totals = block_totals(n_cols)
         first, end = task_rows(task, n_tasks, n_rows)
         for r in range(first, end):
             src = x[r * x_stride:r * x_stride + n_cols]
@@ -81,9 +80,9 @@ def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_co
             row, m = load_max(src, sel, buf)
             log_s = 0.0
             if np.isfinite(m):  # else the max is the answer (and the exponentials are NaN)
-                s = sum_exp(row, sel, m, inv_t, next_row(x, r, n_rows, x_stride, n_cols),
-                            totals)
-                log_s = log_sum(row, sel, m, inv_t, s, totals)
+                s, rest, big = sum_exp_parts(row, sel, m, inv_t,
+                                             next_row(x, r, n_rows, x_stride, n_cols))
+                log_s = log_sum(row, sel, m, inv_t, s, rest, big)
             store_value(out, r * out_stride, logsumexp_of(m, log_s))
 
 
@@ -165,14 +164,17 @@ def split_log_sums(x, x_stride, mask, mask_stride, n_rows, n_cols, inv_t, maxima
                    block_sums, log_sums):
     """log_sums[r] = log of row r's sum of exponentials, as the row kernels take it
     (:func:`~fastsoftmax.kernels.numerics.log_sum`) from the same block sums: log1p of the
-    other elements' sum where the maximum dominates (the row is read only then)."""
+    other elements' sum where the maximum dominates (its block is read again only then)."""
     n_blocks = (n_cols + BLOCK - 1) // BLOCK
     for r in prange(n_rows):
         if max_dominates(maxima[r], sums[r]):
-            src = x[r * x_stride:r * x_stride + n_cols]
-            log_sums[r] = log_sum(load(src, row_buffer(x, n_cols)),
-                                  row_of(mask, r * mask_stride, n_cols), maxima[r], inv_t,
-                                  sums[r], block_sums[r * n_blocks:(r + 1) * n_blocks])
+            rest, big = rest_of_blocks(block_sums[r * n_blocks:(r + 1) * n_blocks])
+            start = big * BLOCK  # only the block of the maximum is read again
+            stop = min(start + BLOCK, n_cols)
+            src = x[r * x_stride + start:r * x_stride + stop]
+            log_sums[r] = log1p_of_rest(load(src, row_buffer(x, stop - start)),
+                                        row_of(mask, r * mask_stride + start, stop - start),
+                                        maxima[r], inv_t, rest, 0)
         else:
             log_sums[r] = np.log(sums[r])
 
