@@ -349,8 +349,8 @@ def sum_exp_parts(row, sel, m, inv_t, ahead, totals=None):
     float64, block sums added in order; ``rest`` the sum of the blocks that sum to less than
     1, in order, and ``big`` the last block that does not (-1: none). When the maximum ``m``
     dominates the row (:func:`max_dominates`), ``big`` is the block holding it, the only one,
-    and :func:`log_sum` needs only that block again. ``totals``: where to record each block's
-    sum too (a split row's sum pass; None: nowhere).
+    and ``rows.dominated_log_sum`` needs only that block again. ``totals``: where to record
+    each block's sum too (a split row's sum pass; None: nowhere).
 
     ``ahead``: the next row to work on (or an empty array), prefetched block by block while
     this one computes: in a batch too big for the caches, the next row then streams in from
@@ -406,7 +406,7 @@ def _block_sum_exp_below(block, sel, m, inv_t):
 @building_block
 def sum_exp_below(row, sel, m, inv_t):
     """sum(exp((row - m) * inv_t)) over the selected elements below ``m``, as float64: a
-    piece of a row whose maximum ``m`` dominates it (fastsoftmax.dask, see :func:`log_sum`)."""
+    piece of a row whose maximum ``m`` dominates it (fastsoftmax.dask; :func:`log1p_of_rest`)."""
     total = 0.0
     for start in range(0, row.size, BLOCK):
         stop = min(start + BLOCK, row.size)
@@ -461,25 +461,11 @@ def max_dominates(m, s):
 
 
 @building_block
-def log1p_of_rest(row, sel, m, inv_t, rest, big):
-    """log1p of the sum of the exponentials of the row but its maximum ``m``: ``rest`` (the
-    other blocks, :func:`sum_exp_parts`) and block ``big``, which holds ``m``, summed once
+def log1p_of_rest(block, sel, m, inv_t, rest):
+    """log1p of the sum of the exponentials of a row but its maximum ``m``: ``rest`` (the
+    other blocks, :func:`sum_exp_parts`) and ``block``, the one holding ``m``, summed once
     more without it: about 512 exponentials, not another pass over the row."""
-    start = big * BLOCK
-    stop = min(start + BLOCK, row.size)
-    return np.log1p(rest + np.float64(_block_sum_exp_below(
-        row[start:stop], row_of(sel, start, stop - start), m, inv_t)))
-
-
-@building_block
-def log_sum(row, sel, m, inv_t, s, rest, big):
-    """log(s) of ``(s, rest, big)`` from :func:`sum_exp_parts`: ``log1p`` of the sum of the
-    other elements when the maximum dominates the row (:func:`max_dominates`), so that a
-    result near 0 keeps its relative precision (``logsumexp([0, -40])`` is 4.2e-18, not 0,
-    as SciPy computes it)."""
-    if max_dominates(m, s):
-        return log1p_of_rest(row, sel, m, inv_t, rest, big)
-    return np.log(np.float64(s))
+    return np.log1p(rest + np.float64(_block_sum_exp_below(block, sel, m, inv_t)))
 
 
 @building_block

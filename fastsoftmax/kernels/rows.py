@@ -32,7 +32,8 @@ from numba.extending import overload
 
 from .halfbits import decode_block, encode_block, f32_to_bf16, f32_to_f16
 from .jit import NUMBA_OPTIONS, building_block
-from .numerics import BLOCK, maximum, row_max, row_of, scale_store, shift_store
+from .numerics import (BLOCK, log1p_of_rest, maximum, row_max, row_of, scale_store,
+                       shift_store)
 
 _F32_NEG_INF = np.float32(-np.inf)
 
@@ -173,9 +174,26 @@ def store_value(out, j, value):
         out[j] = out.dtype.type(value)
 
 
+def dominated_log_sum(x, first, n_cols, mask, mask_first, buf, m, inv_t, rest, big):
+    """log(s) of a row whose maximum ``m`` dominates it (:func:`~fastsoftmax.kernels.numerics.
+    max_dominates`), from ``(rest, big)`` of its sum pass
+    (:func:`~fastsoftmax.kernels.numerics.sum_exp_parts`): the row starts at ``x[first]``,
+    its mask at ``mask[mask_first]``; ``buf`` is the task's buffer of widened half-precision
+    rows (:func:`row_buffer` of the row's length), and gets the block of the maximum widened
+    where it is already, when it holds the row.
+
+    It takes the flat arrays and offsets, not the row: a row kernel whose row array stays
+    alive until this (rare) call runs 10% slower on every row (reference counting in the
+    row loop), even when the call is never made."""
+    start = big * BLOCK
+    stop = min(start + BLOCK, n_cols)
+    block = load(x[first + start:first + stop], buf[start:stop])
+    return log1p_of_rest(block, row_of(mask, mask_first + start, stop - start), m, inv_t, rest)
+
+
 def logsumexp_of(m, log_s):
     """logsumexp of a row from its max ``m`` and ``log_s = log(sum(exp(row - m)))``
-    (:func:`~fastsoftmax.kernels.numerics.log_sum`): ``m + log_s``, or ``m`` itself when it
+    (:func:`dominated_log_sum` where the maximum dominates): ``m + log_s``, or ``m`` itself when it
     is not finite (-inf: nothing selected or only -inf; +inf; NaN)."""
     if math.isfinite(m):
         return np.float64(m) + np.float64(log_s)
@@ -184,6 +202,7 @@ def logsumexp_of(m, log_s):
 
 if not numba.config.DISABLE_JIT:
     logsumexp_of = building_block(logsumexp_of)
+    dominated_log_sum = building_block(dominated_log_sum)
 
     def _half(arr_type) -> bool:
         return isinstance(arr_type, types.Array) and isinstance(arr_type.dtype, types.Integer)

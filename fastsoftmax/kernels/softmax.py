@@ -22,11 +22,11 @@ import numpy as np
 from numba import prange
 
 from .jit import building_block, kernel_pair
-from .numerics import (BLOCK, cast_like, exp_store_sum, log1p_of_rest, log_sum, max_dominates,
-                       next_row, rest_of_blocks, row_of, row_or, sum_exp, sum_exp_below,
-                       sum_exp_parts, weighted_log_sum_exp)
-from .rows import (exps_kept, load, load_max, logsumexp_of, result_target, row_buffer,
-                   store_scaled, store_shifted, store_value, task_rows)
+from .numerics import (BLOCK, cast_like, exp_store_sum, max_dominates, next_row, rest_of_blocks,
+                       row_of, row_or, sum_exp, sum_exp_below, sum_exp_parts,
+                       weighted_log_sum_exp)
+from .rows import (dominated_log_sum, exps_kept, load, load_max, logsumexp_of, result_target,
+                   row_buffer, store_scaled, store_shifted, store_value, task_rows)
 
 
 @kernel_pair
@@ -60,8 +60,11 @@ def log_softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_
             row, m = load_max(src, sel, buf)
             s, rest, big = sum_exp_parts(row, sel, m, inv_t,
                                          next_row(x, r, n_rows, x_stride, n_cols))
-            store_shifted(src, row, sel, m, inv_t,
-                          cast_like(row, log_sum(row, sel, m, inv_t, s, rest, big)),
+            log_s = np.log(s)
+            if max_dominates(m, s):
+                log_s = dominated_log_sum(x, r * x_stride, n_cols, mask, r * mask_stride,
+                                          buf, m, inv_t, rest, big)
+            store_shifted(src, row, sel, m, inv_t, cast_like(row, log_s),
                           row_of(out, r * out_stride, n_cols),
                           row_or(out, r * out_stride, n_cols, src))
 
@@ -78,11 +81,13 @@ def logsumexp_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_co
             src = x[r * x_stride:r * x_stride + n_cols]
             sel = row_of(mask, r * mask_stride, n_cols)
             row, m = load_max(src, sel, buf)
-            log_s = 0.0
-            if np.isfinite(m):  # else the max is the answer (and the exponentials are NaN)
-                s, rest, big = sum_exp_parts(row, sel, m, inv_t,
-                                             next_row(x, r, n_rows, x_stride, n_cols))
-                log_s = log_sum(row, sel, m, inv_t, s, rest, big)
+            # (a max that is not finite is the answer: logsumexp_of ignores the NaN sums then)
+            s, rest, big = sum_exp_parts(row, sel, m, inv_t,
+                                         next_row(x, r, n_rows, x_stride, n_cols))
+            log_s = np.log(s)
+            if max_dominates(m, s):
+                log_s = dominated_log_sum(x, r * x_stride, n_cols, mask, r * mask_stride, buf,
+                                          m, inv_t, rest, big)
             store_value(out, r * out_stride, logsumexp_of(m, log_s))
 
 
@@ -163,18 +168,14 @@ def split_sum_exp(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_col
 def split_log_sums(x, x_stride, mask, mask_stride, n_rows, n_cols, inv_t, maxima, sums,
                    block_sums, log_sums):
     """log_sums[r] = log of row r's sum of exponentials, as the row kernels take it
-    (:func:`~fastsoftmax.kernels.numerics.log_sum`) from the same block sums: log1p of the
+    (:func:`~fastsoftmax.kernels.rows.dominated_log_sum`) from the same block sums: log1p of the
     other elements' sum where the maximum dominates (its block is read again only then)."""
     n_blocks = (n_cols + BLOCK - 1) // BLOCK
     for r in prange(n_rows):
         if max_dominates(maxima[r], sums[r]):
             rest, big = rest_of_blocks(block_sums[r * n_blocks:(r + 1) * n_blocks])
-            start = big * BLOCK  # only the block of the maximum is read again
-            stop = min(start + BLOCK, n_cols)
-            src = x[r * x_stride + start:r * x_stride + stop]
-            log_sums[r] = log1p_of_rest(load(src, row_buffer(x, stop - start)),
-                                        row_of(mask, r * mask_stride + start, stop - start),
-                                        maxima[r], inv_t, rest, 0)
+            log_sums[r] = dominated_log_sum(x, r * x_stride, n_cols, mask, r * mask_stride,
+                                            row_buffer(x, n_cols), maxima[r], inv_t, rest, big)
         else:
             log_sums[r] = np.log(sums[r])
 
