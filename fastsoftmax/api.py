@@ -112,8 +112,9 @@ def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, where=No
     ndarray or scalar, or a tuple of two of them
         ``x``'s shape without ``axis``; a NumPy scalar when that shape is ``()`` and
         ``out`` is not given. ``-inf`` for an empty axis or an empty selection, ``+inf`` if
-        a row holds ``+inf``, NaN if it holds NaN. Where the maximum dominates a row, the
-        result is ``max + log1p(sum of the others)``: precise near 0.
+        a row holds ``+inf``, NaN if it holds NaN. Where the maximum outweighs the other
+        terms at least four to one, the result is ``max + log1p(sum of the others)``: precise
+        near 0, as SciPy's.
 
     Notes
     -----
@@ -137,15 +138,17 @@ def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, where=No
     >>> float(value.round(6)), float(sign)
     (1.541325, -1.0)
     """
-    if b is None and not return_sign:
-        if type(x) is np.ndarray and x.dtype.kind != "c" or not complexes.is_complex(x):
+    try:
+        if b is None and not return_sign:
             return _forward(LOGSUMEXP, x, axis, where, out, dtype, 1.0, keepdims)
-    if complexes.is_complex(x):
+        result = _weighted(LOGSUMEXP, x, b, axis, where, out, dtype, keepdims, return_sign)
+    except TypeError:  # the argument layer refuses complex x: checked only then (no cost)
+        if not complexes.is_complex(x):
+            raise
         if b is not None or where is not None or out is not None or dtype is not None:
             raise TypeError("logsumexp: complex x takes no b, where, out or dtype (SciPy's "
-                            "complex logsumexp has none)")
+                            "complex logsumexp has none)") from None
         return complexes.complex_logsumexp(x, axis, keepdims, return_sign)
-    result = _weighted(LOGSUMEXP, x, b, axis, where, out, dtype, keepdims, return_sign)
     if out is None and isinstance(result, tuple):
         return tuple(r[()] if isinstance(r, np.ndarray) and not r.ndim else r for r in result)
     if out is None and isinstance(result, np.ndarray) and not result.ndim:

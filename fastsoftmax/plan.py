@@ -19,7 +19,7 @@ import numpy as np
 
 from .arguments import RowBatch
 from .kernels import softmax as split_kernels
-from .kernels.numerics import BLOCK
+from .kernels.numerics import BLOCK, DOMINATED_SUM
 from .parallel import launch_guard, parallel_available
 from .registry import BUILDS
 
@@ -173,7 +173,8 @@ def row_rests(batch: RowBatch, maxima: np.ndarray, sums: np.ndarray, parallel=No
 def log_sums_of(maxima: np.ndarray, sums: np.ndarray, rests: np.ndarray) -> np.ndarray:
     """The log sums of rows from their maxima, sums and :func:`row_rests` added over pieces."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where((sums < 2.0) & np.isfinite(maxima), np.log1p(rests), np.log(sums))
+        return np.where((sums < DOMINATED_SUM) & np.isfinite(maxima), np.log1p(rests),
+                        np.log(sums))
 
 
 def finish_rows(op, batch: RowBatch, maxima: np.ndarray, sums: np.ndarray,

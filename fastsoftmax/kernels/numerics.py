@@ -452,12 +452,21 @@ def weighted_log_sum_exp(row, w, sel):
     return np.log(abs(total)), np.sign(total)
 
 
+# log(s) of a sum of exponentials shifted by the row maximum (which contributes exactly 1) is
+# taken as log1p of the other terms below this: there s - 1 has lost more than two bits in s
+# (and the float32 sums of a block a few more), so log(s) would be off by many units in the
+# last place. Above it log(s) >= 0.22 stays within a few, and the rows skip the extra work:
+# with a threshold of 2 (every row the maximum outweighs), 13% of the rows of a random
+# 1024x1000 float32 batch (N(0, 3^2)) took the log1p path and the call ran 7-10% slower.
+DOMINATED_SUM = 1.25
+
+
 @building_block
 def max_dominates(m, s):
-    """Whether the maximum ``m`` of a row outweighs all its other elements together, given
-    ``s = sum(exp(row - m))``: the max contributes exactly 1, so s < 2. log(s) is then below
-    log 2, and s - 1 carries fewer significant bits than the result needs."""
-    return s < 2.0 and np.isfinite(m)
+    """Whether the maximum ``m`` of a row dominates it so much that log(s) of
+    ``s = sum(exp(row - m))`` loses precision: ``s < DOMINATED_SUM``. Only one block of the
+    row then sums to 1 or more: the one holding the maximum."""
+    return s < DOMINATED_SUM and np.isfinite(m)
 
 
 @building_block
