@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import reference
-from .kernels import grad, sampling, softmax
+from . import arguments, reference
+from .kernels import calibration, grad, sampling, softmax
 from .kernels.jit import KernelPair
 
 BUILDS = ("serial", "parallel", "split")
@@ -54,6 +54,12 @@ class Operation:
     peers
         Other libraries with the same function, timed by the benchmarks
         (:mod:`fastsoftmax.tools.peers` implements each).
+    bench_shapes
+        The (rows, columns) its benchmark cases run on when they differ from the common
+        shapes of :mod:`fastsoftmax.tools.bench` (empty: those).
+    dask_whole_rows
+        :mod:`fastsoftmax.dask` runs it on dask arrays whose rows it first rechunks whole
+        (an operation without a split pass; with one, rows are never rechunked).
     """
 
     name: str
@@ -65,6 +71,8 @@ class Operation:
     split_keeps_exps: bool = False
     bench: dict = field(default_factory=dict)
     peers: tuple[str, ...] = ()
+    bench_shapes: tuple = ()
+    dask_whole_rows: bool = False
 
     @property
     def builds(self) -> tuple[str, ...]:
@@ -85,6 +93,22 @@ def _targets(x) -> np.ndarray:
     """Class indices for the rows of ``x`` (fixed seed): a cross-entropy call's targets."""
     rows = int(np.prod(np.shape(x)[:-1]))
     return np.random.default_rng(1).integers(0, np.shape(x)[-1], rows)
+
+
+def _drawn_labels(x) -> np.ndarray:
+    """Class indices drawn from ``softmax(x / 2)`` for the rows of ``x`` (fixed seed, by the
+    Gumbel-max trick, a few thousand rows at a time): the labels of a model whose logits are
+    twice too confident, so that a fitted temperature lands near 2, not at a bound."""
+    values = arguments.widen_bits(x.bits) if isinstance(x, arguments.Bfloat16Bits) else x
+    rows = np.asarray(values).reshape(-1, np.shape(x)[-1])
+    rng = np.random.default_rng(1)
+    labels = np.empty(len(rows), np.int64)
+    tiny = np.finfo(np.float32).tiny
+    for start in range(0, len(rows), 4096):
+        block = rows[start:start + 4096].astype(np.float32)
+        uniform = np.clip(rng.random(block.shape, np.float32), tiny, 1 - 2**-24)
+        labels[start:start + 4096] = np.argmax(block / 2 - np.log(-np.log(uniform)), axis=-1)
+    return labels
 
 
 OPERATIONS = {op.name: op for op in (
@@ -123,6 +147,25 @@ OPERATIONS = {op.name: op for op in (
                "sample_top_k": {"top_k": 50, "seed": 0},
                "sample": {"temperature": 0.8, "seed": 0}},
         peers=("torch",)),
+    # calibration: a model's logits (rows of classes) and, but for confidence, labels
+    Operation(
+        "confidence", reference.confidence, (calibration.confidence_rows,),
+        (_rows, lambda x: ((x,), {"temperature": 1.5})), reduces=True,
+        bench={"confidence": {}}, peers=("torch",), dask_whole_rows=True),
+    Operation(
+        "fit_temperature", reference.fit_temperature, (calibration.temperature_nll_rows,),
+        (lambda x: ((x, _drawn_labels(x)), {}),), reduces=True,
+        bench={"fit_temperature": {}}, peers=("torch",),
+        # a validation set: many rows of a classifier's classes (one fit reads it ~5 times)
+        bench_shapes=((10000, 100), (100000, 1000))),
+    Operation(
+        "calibration_error", reference.calibration_error, (calibration.confidence_rows,),
+        (lambda x: ((x, _targets(x)), {}),
+         lambda x: ((x, _targets(x)), {"binning": "quantile", "norm": "l2", "n_bins": 4})),
+        reduces=True, dask_whole_rows=True),
+    Operation(
+        "reliability", reference.reliability, (calibration.confidence_rows,),
+        (lambda x: ((x, _targets(x)), {"binning": "quantile", "n_bins": 5}),), reduces=True),
 )}
 
 

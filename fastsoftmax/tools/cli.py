@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, from {','.join(peers.FUNCTIONS)} (default: all)")
     b.add_argument("--shapes", default=None,
                    help="comma-separated ROWSxCOLS, e.g. 2048x32000,1x1000 (default: the "
-                        "shapes of docs/design.md; with --quick a subset)")
+                        "shapes of docs/design.md, with --quick a subset; fit_temperature: "
+                        "10000x100 and 100000x1000)")
     b.add_argument("--dtypes", default=None,
                    help="comma-separated, from float32,float64,float16,bfloat16 (bfloat16 "
                         "needs ml_dtypes; default: float32,float64; --quick: float32 and one "
@@ -75,7 +76,8 @@ def bench_cases(args) -> list:
             peers.numpy_dtype(name)  # ValueError when bfloat16 lacks ml_dtypes
     else:
         dtypes = list(bench.QUICK_DTYPES if args.quick else DEFAULT_DTYPES)
-    cases = [bench.Case(f, s, d) for d in dtypes for f in functions for s in shapes]
+    cases = [bench.Case(f, s, d) for d in dtypes for f in functions
+             for s in (shapes if args.shapes else bench.case_shapes(f, shapes))]
     if args.quick and not (args.functions or args.shapes or args.dtypes):
         cases += [bench.Case(*case) for case in bench.QUICK_HALF_CASES
                   if _half_dtype_available(case[2])]
