@@ -19,17 +19,11 @@ from numba import prange
 from .grad import row_loss
 from .jit import building_block, kernel_pair, reduction
 from .numerics import (BLOCK, cast_like, exp_store_sum, exp_weight, maximum, next_row, pick,
-                       prefetch_lines, row_of)
+                       prefetch_lines, row_max, row_of)
 from .rows import compute_buffer, load_max, row_buffer, task_rows
 
 # The label of a row whose softmax is not defined (a NaN, a +inf, nothing selected or all -inf)
 NO_LABEL = -1
-
-
-@building_block
-def _at_max(v, m):
-    """1 where ``v`` is the row's maximum ``m``, else 0 (a count of ties)."""
-    return 1 if v == m else 0
 
 
 # Sums of exponentials go through exp_store_sum (kernels/numerics.py), which stores a block's
@@ -56,53 +50,41 @@ def _block_weighted_square(e, block, m):
     return acc
 
 
-@reduction
-def _block_runner_up(block, sel, m):
-    # (the largest selected value below m, how many selected values equal m): a max and a
-    # count, exact in any order
-    neg_inf = cast_like(block, -np.inf)
-    below = neg_inf
-    ties = 0
-    for j in range(block.size):
-        v = pick(sel, j, block[j], neg_inf)
-        below = maximum(below, v if v < m else neg_inf)
-        ties += _at_max(v, m)
-    return below, ties
-
-
 @building_block
 def _row_confidence(row, sel, m, inv_t, scratch, ahead):
-    """Block by block over a row of finite max ``m``: (sum(e), sum(e * d) as float64 (d =
-    row - m, e = exp(d * inv_t)), the largest value below m, the number of values at m, the
-    start of the first block holding m). ``scratch``: BLOCK values for a block's e."""
+    """Block by block over a row of finite max ``m``: (sum(e), sum(e * d)) as float64, with
+    d = row - m, e = exp(d * inv_t). ``scratch``: BLOCK values for a block's e."""
     s = 0.0
     s1 = 0.0
-    below = cast_like(row, -np.inf)
-    ties = 0
-    first_block = -1
     for start in range(0, row.size, BLOCK):
         stop = min(start + BLOCK, row.size)
         prefetch_lines(ahead[start:stop])
         block = row[start:stop]
-        block_sel = row_of(sel, start, stop - start)
         e = scratch[:stop - start]
-        s += exp_store_sum(block, block_sel, m, inv_t, e, row[:0])
+        s += exp_store_sum(block, row_of(sel, start, stop - start), m, inv_t, e, row[:0])
         s1 += np.float64(_block_weighted(e, block, m))
-        block_below, block_ties = _block_runner_up(block, block_sel, m)
-        below = maximum(below, block_below)
-        if block_ties and first_block < 0:
-            first_block = start
-        ties += block_ties
-    return s, s1, below, ties, first_block
+    return s, s1
 
 
 @building_block
-def _first_at(row, sel, m, start):
-    """The first selected index from ``start`` whose value is ``m`` (-1 if none)."""
-    for j in range(start, row.size):
-        if row[j] == m and pick(sel, j, True, False):
-            return j
+def _first_max(row, sel, m):
+    """The first selected index of the row's maximum ``m``: the first block whose max is m
+    (by the vectorised max), then a scan of that block."""
+    for start in range(0, row.size, BLOCK):
+        stop = min(start + BLOCK, row.size)
+        if row_max(row[start:stop], row_of(sel, start, stop - start)) == m:
+            for j in range(start, stop):
+                if row[j] == m and pick(sel, j, True, False):
+                    return j
     return -1
+
+
+@building_block
+def _runner_up(row, sel, label):
+    """The largest selected value but the one at ``label`` (-inf if there is none): the
+    second largest, equal to the largest when that is tied."""
+    return maximum(row_max(row[:label], row_of(sel, 0, label)),
+                   row_max(row[label + 1:], row_of(sel, label + 1, row.size - label - 1)))
 
 
 @building_block
@@ -145,11 +127,11 @@ def confidence_rows(x, x_stride, mask, mask_stride, n_rows, n_cols, inv_t, label
                 probs[r] = margins[r] = entropies[r] = np.nan
                 lses[r] = m64
                 continue
-            s, s1, below, ties, first_block = _row_confidence(
-                row, sel, m, cast_like(row, inv_t), scratch,
-                next_row(x, r, n_rows, x_stride, n_cols))
-            labels[r] = _first_at(row, sel, m, first_block)
-            runner_up = m64 if ties > 1 else np.float64(below)
+            s, s1 = _row_confidence(row, sel, m, cast_like(row, inv_t), scratch,
+                                    next_row(x, r, n_rows, x_stride, n_cols))
+            label = _first_max(row, sel, m)
+            labels[r] = label
+            runner_up = np.float64(_runner_up(row, sel, label))
             log_s = math.log(s)
             probs[r] = 1.0 / s
             margins[r] = (1.0 - math.exp((runner_up - m64) * inv_t)) / s
