@@ -9,6 +9,8 @@ Kernels compile on first use (and are cached on disk), so importing is cheap.
 
 from . import reference
 from .api import log_softmax, logsumexp, softmax, warmup
+from .calibration import (Confidence, Reliability, calibration_error, confidence,
+                          fit_temperature, reliability)
 from .gradients import cross_entropy, log_softmax_backward, softmax_backward
 from .parallel import threads
 from .sampling import sample
@@ -16,5 +18,6 @@ from .sampling import sample
 __version__ = "0.1.0"
 __all__ = [
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
-    "cross_entropy", "sample", "warmup", "threads", "reference", "__version__",
+    "cross_entropy", "sample", "confidence", "fit_temperature", "calibration_error",
+    "reliability", "Confidence", "Reliability", "warmup", "threads", "reference", "__version__",
 ]

@@ -203,8 +203,8 @@ def warmup(dtypes=("float32", "float64"), functions=("softmax", "log_softmax", "
         Also "float16" and "bfloat16" (no ml_dtypes needed).
     functions : iterable of str, default ("softmax", "log_softmax", "logsumexp")
         Any public function: also "softmax_backward", "log_softmax_backward",
-        "cross_entropy" and "sample" (sampling with top-p, and greedy decoding; about 10 s a
-        dtype cold).
+        "cross_entropy", "sample" (sampling with top-p, and greedy decoding; about 10 s a
+        dtype cold), "confidence", "fit_temperature", "calibration_error", "reliability".
 
     Examples
     --------

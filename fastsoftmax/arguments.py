@@ -26,6 +26,7 @@ import numpy as np
 
 from .kernels import halfbits
 from .kernels.halfbits import BFLOAT16_BITS, FLOAT16_BITS
+from .kernels.calibration import NO_LABEL
 from .kernels.jit import KernelPair
 from .kernels.sampling import EMPTY_ROW, NAN_ROW
 
@@ -684,24 +685,16 @@ def prepare_cross_entropy(op, logits, targets, *, ignore_index, label_smoothing,
                           temperature, return_grad, grad_out) -> Batch:
     """Validate a cross-entropy call as rows of logits with one target each."""
     func = op.name
-    xo = operand(logits, func, "logits")
+    xo, compute, result_dtype, rows2d, one_row = class_rows(logits, func)
     x = xo.array
-    compute, result_dtype = dtype_policy(xo, None, func)
-    if x.ndim not in (1, 2):
-        raise ValueError(f"{func}: logits must have shape (rows, classes) or (classes,), "
-                         f"got {x.shape}")
-    one_row = x.ndim == 1
-    rows2d = x.reshape(1, -1) if one_row else x
     n_rows, n_cols = rows2d.shape
-    if n_cols == 0:
-        raise ValueError(f"{func}: logits must have at least one class")
     check_choice(reduction, func, "reduction", REDUCTIONS)
     if not _is_real(label_smoothing) or not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(f"{func}: label_smoothing must be a number in [0, 1], got "
                          f"{label_smoothing!r}")
     ignore_index = check_int(ignore_index, func, "ignore_index")
     inv_t = check_temperature(temperature, func, compute)
-    t = _targets(targets, func, n_rows, n_cols, ignore_index, one_row)
+    t = check_labels(targets, func, "targets", n_rows, n_cols, ignore_index, one_row)
     count = int(np.count_nonzero(t != ignore_index))
     x_flat, x_stride = rows_of(rows2d, xo, compute)
     losses = np.empty(n_rows)
@@ -742,23 +735,154 @@ def prepare_cross_entropy(op, logits, targets, *, ignore_index, label_smoothing,
                                  grad_stride), n_rows, n_cols, lambda: (loss(), result))
 
 
-def _targets(targets, func, n_rows, n_classes, ignore_index, one_row) -> np.ndarray:
-    t = np.asarray(targets)
+def class_rows(logits, func: str):
+    """Logits of shape (rows, classes), or (classes,) for one row: ``(operand, compute dtype,
+    result dtype, 2-D rows, one_row)``; at least one class."""
+    xo = operand(logits, func, "logits")
+    x = xo.array
+    compute, result_dtype = dtype_policy(xo, None, func)
+    if x.ndim == 0:
+        raise ValueError(f"{func}: logits must have at least one dimension (shape (rows, "
+                         "classes) or (classes,)), got a 0-d array")
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{func}: logits must have shape (rows, classes) or (classes,), "
+                         f"got {x.shape}")
+    one_row = x.ndim == 1
+    rows2d = x.reshape(1, -1) if one_row else x
+    if rows2d.shape[1] == 0:
+        raise ValueError(f"{func}: logits must have at least one class")
+    return xo, compute, result_dtype, rows2d, one_row
+
+
+def check_labels(labels, func, name, n_rows, n_classes, ignore_index=None,
+                 one_row=False) -> np.ndarray:
+    """Class indices ``labels`` (argument ``name``), one per row, as contiguous int64: an
+    integer array of shape (rows,), or () for one row (TypeError for another dtype,
+    ValueError for another shape), each in [0, n_classes) or ``ignore_index`` (IndexError)."""
+    t = np.asarray(labels)
     if t.dtype.kind not in "iu":
-        raise TypeError(f"{func}: targets must be integer class indices, got dtype {t.dtype}")
+        raise TypeError(f"{func}: {name} must be integer class indices, got dtype {t.dtype}")
     want = () if one_row else (n_rows,)
     if t.shape != want:
-        raise ValueError(f"{func}: targets must have shape {want} for logits of "
+        raise ValueError(f"{func}: {name} must have shape {want} for logits of "
                          f"{'one row' if one_row else f'{n_rows} rows'}, got {t.shape}")
     t = np.ascontiguousarray(t.reshape(-1), dtype=np.int64)
     outside = np.flatnonzero(t.view(np.uint64) >= n_classes)  # negatives wrap to huge
     if outside.size:
-        bad = outside[t[outside] != ignore_index]
+        bad = outside if ignore_index is None else outside[t[outside] != ignore_index]
         if bad.size:
             row = int(bad[0])
-            raise IndexError(f"{func}: targets[{row}] = {t[row]} is not a class index in "
-                             f"[0, {n_classes}) nor ignore_index={ignore_index}")
+            allowed = "" if ignore_index is None else f" nor ignore_index={ignore_index}"
+            raise IndexError(f"{func}: {name}[{row}] = {t[row]} is not a class index in "
+                             f"[0, {n_classes}){allowed}")
     return t
+
+
+# --- calibration ------------------------------------------------------------------------------
+
+def prepare_confidence(op, logits, axis, temperature, where, name="logits") -> Batch:
+    """Validate a call of the confidence statistics as rows of logits along ``axis``;
+    ``finish()`` gives ``(labels, probs, margins, entropies, logsumexps)``, shaped like the
+    logits without ``axis`` (scalars for one row), the statistics in the result dtype."""
+    func = op.name
+    xo = operand(logits, func, name)
+    x = xo.array
+    compute, result_dtype = dtype_policy(xo, None, func)
+    if x.ndim == 0:
+        raise ValueError(f"{func}: {name} must have at least one dimension, got a 0-d array")
+    axis = check_axis(axis, x.ndim, func)
+    inv_t = check_temperature(temperature, func, compute)
+    moved = move_axis_last(x, axis)
+    n_cols = moved.shape[-1]
+    row_shape = () if axis is None else moved.shape[:-1]
+    n_rows = math.prod(row_shape)
+    mask, mask_stride = (None, 0) if where is None else mask_rows(where, x.shape, axis, func)
+    x_flat, x_stride = rows_of(moved, xo, compute)
+    labels = np.empty(n_rows, np.int64)
+    stats = np.empty((4, n_rows))  # probs, margins, entropies, logsumexps
+
+    def finish():  # (an empty row is one with nothing selected: the kernel's max is -inf)
+        values = [labels.reshape(row_shape)] + [
+            cast_result(column, result_dtype, xo.bits_only).reshape(row_shape)
+            for column in stats]
+        return tuple(value[()] if value.ndim == 0 else value for value in values)
+
+    return Batch(op.kernels[0], (x_flat, x_stride, mask, mask_stride, n_rows, n_cols, inv_t,
+                                 labels, *stats), n_rows, n_cols, finish)
+
+
+def prepare_labelled_confidence(op, logits, labels, temperature) -> Batch:
+    """The confidence kernel on rows of logits with one label each; ``finish()`` gives
+    ``(top-label probability (float64), whether the label was predicted, result dtype,
+    bits_only)`` per row. ValueError naming the rows that have no confidence (NaN, +inf,
+    all -inf)."""
+    func = op.name
+    xo, compute, result_dtype, rows2d, one_row = class_rows(logits, func)
+    n_rows, n_cols = rows2d.shape
+    t = check_labels(labels, func, "labels", n_rows, n_cols, None, one_row)
+    inv_t = check_temperature(temperature, func, compute)
+    x_flat, x_stride = rows_of(rows2d, xo, compute)
+    predicted = np.empty(n_rows, np.int64)
+    stats = np.empty((4, n_rows))
+
+    def finish():
+        _raise_for_bad_rows(func, predicted, (n_rows,), (
+            (NO_LABEL, "no confidence (a NaN or +inf logit, or only -inf: the softmax is NaN)"),))
+        return stats[0], predicted == t, result_dtype, xo.bits_only
+
+    return Batch(op.kernels[0], (x_flat, x_stride, None, 0, n_rows, n_cols, inv_t, predicted,
+                                 *stats), n_rows, n_cols, finish)
+
+
+@dataclass
+class TemperatureRows:
+    """A fit of a temperature on labelled rows: :meth:`batch` gives, for a candidate
+    1/temperature, the batch computing each row's loss and its derivatives in it."""
+
+    kernel: KernelPair
+    x: np.ndarray
+    x_stride: int
+    labels: np.ndarray
+    ignore_index: int
+    n_rows: int
+    n_cols: int
+    count: int  # the rows not ignored
+
+    def batch(self, inv_t: float) -> Batch:
+        per_row = np.empty((3, self.n_rows))  # losses, slopes, curvatures
+
+        def totals():  # added in row order: NumPy's sum takes an order that depends on
+            # the memory's alignment, and a last bit of difference would change the fit's path
+            return tuple(float(np.cumsum(column)[-1]) for column in per_row), per_row[0]
+
+        return Batch(self.kernel, (self.x, self.x_stride, self.labels, self.ignore_index,
+                                   self.n_rows, self.n_cols, float(inv_t), *per_row),
+                     self.n_rows, self.n_cols, totals)
+
+
+def prepare_temperature_fit(op, logits, labels, ignore_index, bounds, tol) -> tuple:
+    """Validate a temperature fit: ``(TemperatureRows, (low, high) bounds, tol)``."""
+    func = op.name
+    xo, compute, _, rows2d, one_row = class_rows(logits, func)
+    n_rows, n_cols = rows2d.shape
+    ignore_index = check_int(ignore_index, func, "ignore_index")
+    t = check_labels(labels, func, "labels", n_rows, n_cols, ignore_index, one_row)
+    try:
+        low, high = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise TypeError(f"{func}: bounds must be a pair of numbers (low, high), got "
+                        f"{bounds!r}") from None
+    if not (0.0 < low < high and math.isfinite(high)):
+        raise ValueError(f"{func}: bounds must be 0 < low < high < inf, got {bounds!r}")
+    check_temperature(low, func, compute)
+    if not _is_real(tol) or not 0.0 < float(tol) < 1.0:
+        raise ValueError(f"{func}: tol must be a number in (0, 1), got {tol!r}")
+    count = int(np.count_nonzero(t != ignore_index))
+    if count == 0:
+        raise ValueError(f"{func}: every label is ignore_index={ignore_index}: nothing to fit")
+    x_flat, x_stride = rows_of(rows2d, xo, compute)
+    return (TemperatureRows(op.kernels[0], x_flat, x_stride, t, ignore_index, n_rows, n_cols,
+                            count), (low, high), float(tol))
 
 
 # --- sampling -----------------------------------------------------------------------------------
@@ -799,17 +923,21 @@ def prepare_sample(op, logits, *, temperature, top_k, top_p, min_p, where, seed,
                                         top_k, top_p, u, drawn), n_rows, n_cols, finish)
 
 
-def _raise_for_bad_rows(func, drawn: np.ndarray, row_shape) -> None:
-    """ValueError naming the rows the kernel could not sample (NaN first)."""
-    for code, why in ((NAN_ROW, "a NaN logit"),
-                      (EMPTY_ROW, "no token that can be sampled (all -inf or masked out)")):
+SAMPLING_FAILURES = ((NAN_ROW, "a NaN logit"),
+                     (EMPTY_ROW, "no token that can be sampled (all -inf or masked out)"))
+
+
+def _raise_for_bad_rows(func, drawn: np.ndarray, row_shape, failures=SAMPLING_FAILURES) -> None:
+    """ValueError naming the rows a kernel marked with the code of one of ``failures`` ((code,
+    why) pairs, checked in order; by default the rows it could not sample, NaN first)."""
+    for code, why in failures:
         bad = np.flatnonzero(drawn == code)
         if bad.size:
             verb = "has" if bad.size == 1 else "have"
-            raise ValueError(f"{func}: {_name_rows(bad, row_shape)} {verb} {why}")
+            raise ValueError(f"{func}: {name_rows(bad, row_shape)} {verb} {why}")
 
 
-def _name_rows(flat_rows: np.ndarray, row_shape, limit: int = 10) -> str:
+def name_rows(flat_rows: np.ndarray, row_shape, limit: int = 10) -> str:
     """``row 3``, ``rows [3, 7]``, or index tuples for a batch of more than one dimension."""
     if len(row_shape) > 1:
         names = [tuple(int(i) for i in np.unravel_index(r, row_shape))

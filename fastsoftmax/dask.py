@@ -11,6 +11,11 @@ block given each row's (max, sum): the same passes as an in-memory row split acr
 dask adds the sums of a row's pieces in its own order, so float64 results may differ from
 in-memory ones in the last bit or two.
 
+:func:`confidence` and :func:`calibration_error` need whole rows (the top two values of a row,
+not sums that combine): the reduced axis is rechunked into one chunk first (the registry's
+``dask_whole_rows``), which moves data between workers when it was split. The calibration error
+then bins one probability per row, brought together in one task.
+
 Threads: dask already runs several tasks at once, so each task uses ``threads`` threads
 (default 1: no oversubscription); raise it when dask runs fewer tasks than cores.
 
@@ -25,7 +30,7 @@ from . import arguments, plan
 from .parallel import threads as thread_limit
 from .registry import OPERATIONS
 
-__all__ = ["softmax", "log_softmax", "logsumexp"]
+__all__ = ["softmax", "log_softmax", "logsumexp", "confidence", "calibration_error"]
 
 
 def _dask_array():
@@ -43,28 +48,42 @@ def _check_threads(threads, func):
     return min(threads, numba.config.NUMBA_NUM_THREADS)
 
 
+def _dask_input(x, func, name, dtype=None):
+    """``(x as a dask array, compute dtype, result dtype)``, checked as in memory."""
+    da = _dask_array()
+    x = x if isinstance(x, da.Array) else da.asarray(x)
+    compute, result = arguments.dtype_policy(
+        arguments.operand(np.empty(0, x.dtype), func, name), dtype, func)
+    if x.ndim == 0:
+        raise ValueError(f"{func}: {name} must have at least one dimension, got a 0-d array")
+    return x, compute, result
+
+
+def _mask(where, x, func):
+    """``where`` as a boolean dask array of the shape of ``x`` (None stays None)."""
+    if where is None:
+        return None
+    da = _dask_array()
+    where = da.asarray(where)
+    if where.dtype != np.bool_:
+        raise TypeError(f"{func}: where must be a boolean array, got dtype {where.dtype}")
+    try:
+        return da.broadcast_to(where, x.shape)
+    except ValueError:
+        raise ValueError(f"{func}: where has shape {where.shape}, which does not broadcast "
+                         f"to the shape of x {x.shape}") from None
+
+
 def _run(op, x, axis, where, dtype, temperature, threads, keepdims=False):
     """The dask graph of ``op`` on dask array ``x`` (arguments checked as in memory)."""
     da = _dask_array()
     func = op.name
-    x = x if isinstance(x, da.Array) else da.asarray(x)
-    xo = arguments.operand(np.empty(0, x.dtype), func, "x")
-    compute, result = arguments.dtype_policy(xo, dtype, func)
-    if x.ndim == 0:
-        raise ValueError(f"{func}: x must have at least one dimension, got a 0-d array")
+    x, compute, result = _dask_input(x, func, "x", dtype)
     axis = arguments.check_axis(axis, x.ndim, func)
     arguments.check_temperature(temperature, func, compute)
     threads = _check_threads(threads, func)
-    if where is not None:
-        where = da.asarray(where)
-        if where.dtype != np.bool_:
-            raise TypeError(f"{func}: where must be a boolean array, got dtype {where.dtype}")
-        try:
-            where = da.broadcast_to(where, x.shape).rechunk(x.chunks)
-        except ValueError:
-            raise ValueError(f"{func}: where has shape {where.shape}, which does not broadcast "
-                             f"to the shape of x {x.shape}") from None
-    masks = [] if where is None else [where]
+    where = _mask(where, x, func)
+    masks = [] if where is None else [where.rechunk(x.chunks)]
     axes = tuple(range(x.ndim)) if axis is None else (axis,)
     # (map_blocks takes ``dtype`` for itself: ours travels as ``cast_to``)
     options = dict(op=op, axis=axis, cast_to=dtype, temperature=temperature, threads=threads)
@@ -180,3 +199,109 @@ def log_softmax(x, axis=-1, *, temperature=1.0, where=None, dtype=None, threads=
 def logsumexp(x, axis=-1, *, keepdims=False, where=None, dtype=None, threads=1):
     """:func:`fastsoftmax.logsumexp` of a dask array, lazily (a dask array)."""
     return _run(OPERATIONS["logsumexp"], x, axis, where, dtype, 1.0, threads, keepdims)
+
+
+# --- calibration: whole rows ---------------------------------------------------------------------
+
+def confidence(x, axis=-1, *, temperature=1.0, where=None, threads=1):
+    """:func:`fastsoftmax.confidence` of a dask array, lazily: a
+    :class:`~fastsoftmax.Confidence` of dask arrays (compute them together, with
+    ``dask.compute(*result)``, to read the logits once). The class axis is rechunked whole.
+
+    Examples
+    --------
+    >>> import dask, dask.array as da, numpy as np
+    >>> import fastsoftmax.dask as fsd
+    >>> x = da.from_array(np.log([[0.7, 0.2, 0.1], [0.5, 0.5, 1e-9]]), chunks=(1, 2))
+    >>> label, prob, *_ = dask.compute(*fsd.confidence(x))
+    >>> label, prob.round(6)
+    (array([0, 0]), array([0.7, 0.5]))
+    """
+    from .calibration import Confidence
+    da = _dask_array()
+    func = "confidence"
+    x, compute, result = _dask_input(x, func, "logits")
+    axis = arguments.check_axis(axis, x.ndim, func)
+    arguments.check_temperature(temperature, func, compute)
+    threads = _check_threads(threads, func)
+    where = _mask(where, x, func)
+    squeeze = axis is None
+    if squeeze:  # the whole array is one row: 0-d results
+        x, axis = x.reshape(1, -1), 1
+        where = None if where is None else where.reshape(1, -1)
+    rows = da.moveaxis(x, axis, -1).rechunk({x.ndim - 1: -1})
+    masks = [] if where is None else [da.moveaxis(where, axis, -1).rechunk(rows.chunks)]
+    stacked = da.map_blocks(_confidence_block, rows, *masks, temperature=temperature,
+                            threads=threads, chunks=rows.chunks[:-1] + ((5,),),
+                            meta=np.empty((0,) * rows.ndim, np.float64))
+    fields = [stacked[..., i] for i in range(5)]
+    if squeeze:
+        fields = [f[0] for f in fields]
+    return Confidence(fields[0].astype(np.int64), *(f.astype(result) for f in fields[1:]))
+
+
+def _confidence_block(block, mask=None, *, temperature, threads):
+    """The statistics of a block of whole rows, stacked on a last axis of 5 (float64: labels
+    are exact in it)."""
+    from .calibration import confidence
+    with thread_limit(threads):
+        values = confidence(block, temperature=temperature, where=mask)
+    return np.stack([np.asarray(v, np.float64) for v in values], axis=-1)
+
+
+def calibration_error(logits, labels, *, n_bins=15, binning="uniform", norm="l1",
+                      temperature=1.0, threads=1):
+    """:func:`fastsoftmax.calibration_error` of dask arrays of logits (rows, classes) and
+    labels (rows,), lazily (a 0-d dask array). Rows are rechunked whole; each block gives
+    its rows' top-label probability and correctness, binned together in one last task.
+    Labels out of range are reported when the graph runs.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np
+    >>> import fastsoftmax.dask as fsd
+    >>> logits = da.from_array(np.log([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]]),
+    ...                        chunks=(2, 1))
+    >>> round(float(fsd.calibration_error(logits, np.array([0, 1, 0, 0]), n_bins=10)), 6)
+    0.4
+    """
+    import dask
+    from .calibration import check_binning
+    da = _dask_array()
+    func = "calibration_error"
+    logits, compute, result = _dask_input(logits, func, "logits")
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        raise ValueError(f"{func}: logits must have shape (rows, classes) with at least one "
+                         f"class, got {logits.shape}")
+    labels = labels if isinstance(labels, da.Array) else da.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{func}: labels must be integer class indices, got dtype "
+                        f"{labels.dtype}")
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"{func}: labels must have shape {logits.shape[:1]} for logits of "
+                         f"{logits.shape[0]} rows, got {labels.shape}")
+    check_binning(n_bins, binning, func, norm)
+    arguments.check_temperature(temperature, func, compute)
+    threads = _check_threads(threads, func)
+    rows = logits.rechunk({1: -1})
+    labels = labels.rechunk((rows.chunks[0],))
+    per_row = da.map_blocks(_labelled_block, rows, labels[:, None], temperature=temperature,
+                            threads=threads, chunks=(rows.chunks[0], (2,)),
+                            meta=np.empty((0, 0), np.float64))
+    value = dask.delayed(_error_of_rows)(per_row, n_bins, binning, norm, result)
+    return da.from_delayed(value, shape=(), dtype=result)
+
+
+def _labelled_block(block, labels, *, temperature, threads):
+    """(top-label probability, label right) of each row of a block, as float64 columns."""
+    from .calibration import labelled
+    with thread_limit(threads):
+        probs, correct, _, _ = labelled(OPERATIONS["calibration_error"], block, labels[:, 0],
+                                        temperature)
+    return np.stack([probs, correct], axis=-1)
+
+
+def _error_of_rows(per_row, n_bins, binning, norm, result):
+    from .calibration import error_of
+    return error_of(per_row[:, 0], per_row[:, 1].astype(bool), n_bins, binning, norm, result,
+                    False)

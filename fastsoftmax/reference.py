@@ -12,10 +12,19 @@ array([0.65900114, 0.24243297, 0.09856589])
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
-           "cross_entropy", "sampling_probs", "sample", "result_dtype"]
+           "cross_entropy", "sampling_probs", "sample", "confidence", "fit_temperature",
+           "calibration_error", "reliability", "result_dtype", "Confidence", "Reliability"]
+
+# The result types of the calibration functions (fastsoftmax.calibration returns them too).
+Confidence = namedtuple("Confidence", "label prob margin entropy logsumexp")
+Reliability = namedtuple("Reliability", "counts confidence accuracy edges")
+BINNINGS = ("uniform", "quantile")
+NORMS = ("l1", "l2", "max")
 
 
 def result_dtype(x_dtype, dtype=None) -> np.dtype:
@@ -323,3 +332,127 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, where
     last = rows.shape[-1] - 1 - np.argmax(rows[:, ::-1] > 0, axis=-1)
     chosen = np.minimum(chosen, last).reshape(row_shape)
     return chosen[()] if chosen.ndim == 0 else chosen
+
+
+# --- calibration --------------------------------------------------------------------------------
+
+def confidence(logits, axis=-1, *, temperature=1.0, where=None):
+    """Reference per-row confidence statistics, from the full float64 softmax: label (first
+    argmax; -1 where the softmax is NaN), its probability, the margin to the second largest
+    probability, the entropy ``-sum(p log p)`` and the logsumexp of ``logits / temperature``
+    (the statistics NaN where the softmax is NaN)."""
+    x = np.asarray(logits)
+    z, selected, out_dtype = _prepare(x, where, None, temperature)
+    z = np.where(selected, z, -np.inf)
+    moved = z.reshape(1, -1) if axis is None else np.moveaxis(z, axis, -1)
+    row_shape = () if axis is None else moved.shape[:-1]
+    n_rows, n_cols = int(np.prod(row_shape)), moved.shape[-1]
+    z_rows = moved.reshape(n_rows, n_cols)
+    lse = np.asarray(logsumexp(z_rows, axis=-1), np.float64).reshape(n_rows)
+    label = np.full(n_rows, -1, np.int64)
+    stats = np.full((3, n_rows), np.nan)
+    if n_cols:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = softmax(z_rows, axis=-1)
+            defined = ~np.isnan(p).any(axis=-1)
+            ranked = -np.sort(-p, axis=-1)
+            second = ranked[:, 1] if n_cols > 1 else np.zeros(n_rows)
+            entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), -1)
+        label = np.where(defined, np.argmax(z_rows, axis=-1), -1)
+        stats = np.where(defined, np.stack([ranked[:, 0], ranked[:, 0] - second, entropy]),
+                         np.nan)
+    values = [label.reshape(row_shape)] + [v.astype(out_dtype).reshape(row_shape)
+                                           for v in (*stats, lse)]
+    return Confidence(*(v[()] if v.ndim == 0 else v for v in values))
+
+
+def _labelled_rows(logits, labels, temperature):
+    """(top-label probability, label correct) per row, float64, and the result dtype."""
+    x = np.asarray(logits)
+    z = np.atleast_2d(x.astype(np.float64)) / float(temperature)
+    p = softmax(z, axis=-1)
+    if np.isnan(p).any():
+        raise ValueError("rows whose softmax is NaN have no confidence")
+    correct = np.argmax(z, axis=-1) == np.atleast_1d(labels)
+    return p.max(axis=-1), correct, result_dtype(x.dtype)
+
+
+def _bins(conf, correct, n_bins, binning):
+    """Per bin (i holds (edges[i], edges[i + 1]], bin 0 also 0): counts, mean confidence,
+    accuracy, edges; a direct loop over the bins."""
+    if binning == "uniform" or conf.size == 0:
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    else:
+        edges = np.quantile(conf, np.linspace(0.0, 1.0, n_bins + 1))
+        edges[0], edges[-1] = 0.0, 1.0
+    counts = np.zeros(n_bins, np.int64)
+    mean_conf = np.full(n_bins, np.nan)
+    accuracy = np.full(n_bins, np.nan)
+    for i in range(n_bins):
+        inside = (conf > edges[i]) & (conf <= edges[i + 1])
+        if i == 0:
+            inside |= conf <= edges[0]
+        if i == n_bins - 1:
+            inside |= conf > edges[-1]
+        counts[i] = inside.sum()
+        if counts[i]:
+            mean_conf[i] = conf[inside].mean()
+            accuracy[i] = correct[inside].mean()
+    return counts, mean_conf, accuracy, edges
+
+
+def calibration_error(logits, labels, *, n_bins=15, binning="uniform", norm="l1",
+                      temperature=1.0):
+    """Reference calibration error of the top-label confidence: the bins' gaps
+    |accuracy - confidence| weighted by their share of rows (l1), the root of the weighted
+    squares (l2), or the largest gap (max)."""
+    conf, correct, out_dtype = _labelled_rows(logits, labels, temperature)
+    counts, mean_conf, accuracy, _ = _bins(conf, correct, n_bins, binning)
+    filled = counts > 0
+    gaps, weights = np.abs(accuracy - mean_conf)[filled], counts[filled] / max(conf.size, 1)
+    if not gaps.size:
+        value = np.nan
+    else:
+        value = {"l1": lambda: np.sum(weights * gaps),
+                 "l2": lambda: np.sqrt(np.sum(weights * gaps ** 2)),
+                 "max": lambda: gaps.max()}[norm]()
+    return out_dtype.type(value)
+
+
+def reliability(logits, labels, *, n_bins=15, binning="uniform", temperature=1.0):
+    """Reference reliability diagram: per bin, counts, mean confidence, accuracy, and the
+    edges."""
+    conf, correct, out_dtype = _labelled_rows(logits, labels, temperature)
+    counts, mean_conf, accuracy, edges = _bins(conf, correct, n_bins, binning)
+    return Reliability(counts, *(v.astype(out_dtype) for v in (mean_conf, accuracy, edges)))
+
+
+def fit_temperature(logits, labels, *, ignore_index=-100, bounds=(0.05, 20.0), tol=1e-6):
+    """Reference temperature scaling: the T in ``bounds`` minimising the mean NLL of
+    ``softmax(logits / T)``, by bisection on the sign of the NLL's derivative in log(1/T)
+    (the NLL is convex in 1/T), to far below ``tol``."""
+    x = np.atleast_2d(np.asarray(logits).astype(np.float64))
+    t = np.atleast_1d(np.asarray(labels)).astype(np.int64)
+    kept = t != ignore_index
+    x, t = x[kept], t[kept]
+    picked = x[np.arange(len(t)), t]
+
+    def slope(u):  # d NLL / du at u = 1/T: E[x] - x[label], averaged
+        z = u * x
+        p = np.exp(z - z.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        return np.mean(np.sum(np.where(p > 0, p * x, 0.0), axis=-1) - picked)
+
+    low, high = float(bounds[0]), float(bounds[1])
+    lo, hi = np.log(1.0 / high), np.log(1.0 / low)
+    if slope(np.exp(hi)) <= 0:
+        return low
+    if slope(np.exp(lo)) >= 0:
+        return high
+    while hi - lo > 1e-14:
+        mid = 0.5 * (lo + hi)
+        if slope(np.exp(mid)) > 0:
+            hi = mid
+        else:
+            lo = mid
+    return float(1.0 / np.exp(0.5 * (lo + hi)))

@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import reference
-from .kernels import grad, sampling, softmax
+from . import arguments, reference
+from .kernels import calibration, grad, sampling, softmax
 from .kernels.jit import KernelPair
 
 BUILDS = ("serial", "parallel", "split")
@@ -57,6 +57,12 @@ class Operation:
     peers
         Other libraries with the same function, timed by the benchmarks
         (:mod:`fastsoftmax.tools.peers` implements each).
+    bench_shapes
+        The (rows, columns) its benchmark cases run on when they differ from the common
+        shapes of :mod:`fastsoftmax.tools.bench` (empty: those).
+    dask_whole_rows
+        :mod:`fastsoftmax.dask` runs it on dask arrays whose rows it first rechunks whole
+        (an operation without a split pass; with one, rows are never rechunked).
     """
 
     name: str
@@ -69,6 +75,8 @@ class Operation:
     split_log_sum: bool = False
     bench: dict = field(default_factory=dict)
     peers: tuple[str, ...] = ()
+    bench_shapes: tuple = ()
+    dask_whole_rows: bool = False
 
     @property
     def builds(self) -> tuple[str, ...]:
@@ -97,6 +105,22 @@ def _weights(x) -> np.ndarray:
     dtype = dtype if np.dtype(dtype).kind == "f" or dtype.name == "bfloat16" else np.float32
     return np.random.default_rng(2).choice([-0.5, 0.0, 1.0, 2.0],
                                            size=np.shape(x)[-1]).astype(dtype)
+
+
+def _drawn_labels(x) -> np.ndarray:
+    """Class indices drawn from ``softmax(x / 2)`` for the rows of ``x`` (fixed seed, by the
+    Gumbel-max trick, a few thousand rows at a time): the labels of a model whose logits are
+    twice too confident, so that a fitted temperature lands near 2, not at a bound."""
+    values = arguments.widen_bits(x.bits) if isinstance(x, arguments.Bfloat16Bits) else x
+    rows = np.asarray(values).reshape(-1, np.shape(x)[-1])
+    rng = np.random.default_rng(1)
+    labels = np.empty(len(rows), np.int64)
+    tiny = np.finfo(np.float32).tiny
+    for start in range(0, len(rows), 4096):
+        block = rows[start:start + 4096].astype(np.float32)
+        uniform = np.clip(rng.random(block.shape, np.float32), tiny, 1 - 2**-24)
+        labels[start:start + 4096] = np.argmax(block / 2 - np.log(-np.log(uniform)), axis=-1)
+    return labels
 
 
 OPERATIONS = {op.name: op for op in (
@@ -137,6 +161,25 @@ OPERATIONS = {op.name: op for op in (
                "sample_top_k": {"top_k": 50, "seed": 0},
                "sample": {"temperature": 0.8, "seed": 0}},
         peers=("torch",)),
+    # calibration: a model's logits (rows of classes) and, but for confidence, labels
+    Operation(
+        "confidence", reference.confidence, (calibration.confidence_rows,),
+        (_rows, lambda x: ((x,), {"temperature": 1.5})), reduces=True,
+        bench={"confidence": {}}, peers=("torch",), dask_whole_rows=True),
+    Operation(
+        "fit_temperature", reference.fit_temperature, (calibration.temperature_nll_rows,),
+        (lambda x: ((x, _drawn_labels(x)), {}),), reduces=True,
+        bench={"fit_temperature": {}}, peers=("torch",),
+        # a validation set: many rows of a classifier's classes (one fit reads it ~5 times)
+        bench_shapes=((10000, 100), (100000, 1000))),
+    Operation(
+        "calibration_error", reference.calibration_error, (calibration.confidence_rows,),
+        (lambda x: ((x, _targets(x)), {}),
+         lambda x: ((x, _targets(x)), {"binning": "quantile", "norm": "l2", "n_bins": 4})),
+        reduces=True, dask_whole_rows=True),
+    Operation(
+        "reliability", reference.reliability, (calibration.confidence_rows,),
+        (lambda x: ((x, _targets(x)), {"binning": "quantile", "n_bins": 5}),), reduces=True),
 )}
 
 

@@ -106,8 +106,11 @@ def _call_with_tensors(fn, signature, arrays, args, kwargs):
     def back(value):
         if id(value) in given:  # an out array, written in place: its tensor
             return given[id(value)]
+        if type(value) is float:  # a fitted parameter (fit_temperature): a float
+            return value
         return to_tensor(value) if tensors_out else value
 
-    if isinstance(result, tuple):
-        return tuple(back(value) for value in result)
+    if isinstance(result, tuple):  # a named tuple stays one
+        values = [back(value) for value in result]
+        return type(result)(*values) if hasattr(result, "_fields") else tuple(values)
     return back(result)

@@ -27,6 +27,9 @@ class Case:
     variants: tuple          # keyword arguments added to the operation's example calls
     specials: bool = True    # inputs hold special values (+inf, NaN, rows of -inf, ...)
     sampleable: bool = False  # every row can be sampled (no NaN, a finite or +inf maximum)
+    # relative tolerance against the reference by the input's itemsize, where the result's
+    # dtype does not tell (a float fitted from float32 logits); None: :func:`tolerance`
+    rtol: dict | None = None
 
 
 CASES = {
@@ -39,6 +42,14 @@ CASES = {
     "log_softmax_backward": Case(({},), specials=False),
     "cross_entropy": Case(({}, {"temperature": 0.7}, {IN_PLACE: "grad_out"}), specials=False),
     "sample": Case(({}, {WHERE: True}), sampleable=True),
+    "confidence": Case(({}, {WHERE: True}, {"temperature": 0.7})),
+    # A fitted temperature stops on a Newton step below tol = 1e-6 of T, which leaves an error
+    # far below it (quadratic convergence) in float64; sums of float32 exponentials move the
+    # minimum itself by about 1e-7. Rows of NaN or +inf have no likelihood or confidence:
+    # tests/test_calibration.py checks those errors.
+    "fit_temperature": Case(({},), specials=False, rtol={8: 1e-9, 4: 1e-5, 2: 1e-5}),
+    "calibration_error": Case(({}, {"temperature": 0.7}), specials=False),
+    "reliability": Case(({}, {"temperature": 2.0}), specials=False),
 }
 
 
@@ -162,7 +173,8 @@ def assert_within(got, want, rtol, atol, message=""):
 
 def row_magnitude(x, want, temperature=1.0):
     """1 + the largest finite |value| of each row of ``x`` / temperature and of ``want``,
-    shaped to broadcast against ``want`` (rows along the last axis)."""
+    shaped to broadcast against ``want`` (rows along the last axis; the whole of ``x`` for a
+    result that is not one value a row)."""
     values = np.asarray(x, dtype=np.float64)
     if values.ndim == 0 or want.ndim == 0:
         values, want = values.reshape(1, -1), want.reshape(1, -1)
@@ -173,6 +185,8 @@ def row_magnitude(x, want, temperature=1.0):
                                                                   initial=0.0)
     else:
         out = np.where(np.isfinite(want), np.abs(want), 0)
+        if rows.shape != out.shape[-rows.ndim:]:  # not one result a row (reliability's bins):
+            rows = rows.max(initial=0.0)          # the magnitude of the whole input
     return 1.0 + np.maximum(rows / temperature, out)
 
 

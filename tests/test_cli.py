@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 from fastsoftmax.tools import bench, cli, peers
@@ -140,3 +142,64 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "--plot needs matplotlib" in err and "fastsoftmax[bench]" in err
     assert not (tmp_path / "chart.png").exists()
+
+
+# --- calibrate ----------------------------------------------------------------------------------
+
+def _calibration_files(tmp_path, n_rows=4000, n_classes=10, labels=None):
+    from benchmarks.calibration_data import OVERCONFIDENCE, calibration_data
+    logits, drawn = calibration_data(n_rows, n_classes, seed=3)
+    paths = tmp_path / "logits.npy", tmp_path / "labels.npy"
+    np.save(paths[0], logits)
+    np.save(paths[1], drawn if labels is None else labels)
+    return [str(p) for p in paths], OVERCONFIDENCE
+
+
+def test_calibrate_fits_the_temperature_and_prints_the_errors(tmp_path, capsys):
+    files, true_t = _calibration_files(tmp_path)
+    png = tmp_path / "diagram.png"
+    assert cli.main(["calibrate", *files, "--plot", str(png), "--n-bins", "10"]) == 0
+    out = capsys.readouterr().out
+    fitted = float(out.split("fitted temperature:")[1].split()[0])
+    assert fitted == pytest.approx(true_t, rel=0.05)
+    ece_before, ece_after = (float(v) for v in out.split("ECE")[1].split()[:2])
+    assert ece_after < 0.03 < ece_before
+    assert "RMSCE" in out and "MCE" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibrate_leaves_out_ignored_rows(tmp_path, capsys):
+    files, _ = _calibration_files(tmp_path)
+    labels = np.load(files[1])
+    labels[::2] = -1
+    np.save(files[1], labels)
+    assert cli.main(["calibrate", *files, "--ignore-index", "-1"]) == 0
+    assert "rows: 2000 " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("labels, words", [
+    (np.zeros(3, np.int64), ["labels must have shape (4000,)"]),
+    (np.full(4000, 10), ["labels[0] = 10 is not a class index"]),
+    (np.zeros(4000), ["labels must be integer class indices"]),
+])
+def test_calibrate_bad_input_exits_with_a_message(tmp_path, capsys, labels, words):
+    files, _ = _calibration_files(tmp_path, labels=labels)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["calibrate", *files])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err
+    with pytest.raises(SystemExit):
+        cli.main(["calibrate", str(tmp_path / "missing.npy"), files[1]])
+    assert "cannot read logits" in capsys.readouterr().err
+
+
+def test_calibrate_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    files, _ = _calibration_files(tmp_path, n_rows=20)
+    real = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(SystemExit):
+        cli.main(["calibrate", *files, "--plot", str(tmp_path / "d.png")])
+    assert "--plot needs matplotlib" in capsys.readouterr().err

@@ -39,7 +39,7 @@ def test_public_function_and_reference_share_the_signature(name):
 
 
 def test_every_public_function_is_an_operation():
-    helpers = {"warmup", "threads", "reference", "__version__"}
+    helpers = {"warmup", "threads", "reference", "__version__", "Confidence", "Reliability"}
     assert set(fastsoftmax.__all__) - helpers == set(OPERATIONS)
 
 
@@ -83,15 +83,17 @@ def test_every_benchmark_case_and_peer_can_be_prepared(case):
     for peer in op.peers:  # each peer the registry names has that function
         assert peer in peers.PREPARERS
         module = {"scipy": "scipy.special", "jax": "jax.nn", "torch": "torch"}[peer]
-        if importlib.util.find_spec(module.split(".")[0]) and op.name != "sample" and \
-                op.name != "cross_entropy":
+        # the softmax family's peers are functions of the same name; the others, pipelines
+        if importlib.util.find_spec(module.split(".")[0]) and op.split_finish is not None:
             assert hasattr(importlib.import_module(module), op.name), (peer, op.name)
 
 
-def test_dask_covers_the_operations_that_split_rows():
+def test_dask_covers_the_operations_that_split_rows_or_take_whole_rows():
     pytest.importorskip("dask")
     import fastsoftmax.dask as fsd
-    assert set(fsd.__all__) == {n for n, op in OPERATIONS.items() if op.split_finish}
+    assert set(fsd.__all__) == {n for n, op in OPERATIONS.items()
+                                if op.split_finish or op.dask_whole_rows}
+    assert not any(op.split_finish and op.dask_whole_rows for op in OPERATIONS.values())
 
 
 def test_warmup_takes_every_operation_and_names_the_unknown():

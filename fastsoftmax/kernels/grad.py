@@ -55,7 +55,7 @@ def log_softmax_backward_rows(g, g_stride, logp, logp_stride, out, out_stride, n
 
 
 @building_block
-def _row_loss(row, target, m, s, inv_t, smoothing, n_cols):
+def row_loss(row, target, m, s, inv_t, smoothing, n_cols):
     """Cross-entropy of one row (scaled logits z = row * inv_t, max m of the row, s =
     sum(exp(z - m * inv_t))): (1 - eps) * (lse - z[target]) + eps * (lse - mean(z)), with
     lse - v taken as (m - v) * inv_t + log(s): next to a large max, log(s) would vanish from
@@ -83,7 +83,7 @@ def cross_entropy_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, inv_t
             row, m = load_max(x[r * x_stride:r * x_stride + n_cols], None, buf)
             s = sum_exp(row, None, m, cast_like(row, inv_t),
                         next_row(x, r, n_rows, x_stride, n_cols))
-            losses[r] = _row_loss(row, target, m, s, inv_t, smoothing, n_cols)
+            losses[r] = row_loss(row, target, m, s, inv_t, smoothing, n_cols)
 
 
 @kernel_pair
@@ -106,7 +106,7 @@ def cross_entropy_grad_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, 
             row, m = load_max(src, None, buf)
             s = sum_exp(row, None, m, cast_like(row, inv_t),
                         next_row(x, r, n_rows, x_stride, n_cols))
-            losses[r] = _row_loss(row, target, m, s, inv_t, smoothing, n_cols)
+            losses[r] = row_loss(row, target, m, s, inv_t, smoothing, n_cols)
             factor = scale * inv_t
             cross_entropy_grad_store(row, m, cast_like(row, inv_t), cast_like(row, 1.0 / s),
                                      cast_like(row, factor), cast_like(row, smoothing / n_cols),

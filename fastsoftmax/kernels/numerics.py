@@ -504,6 +504,12 @@ def exp_store_sum(row, sel, m, inv_t, dst, ahead, totals=None):
 
 
 @building_block
+def exp_weight(e, d):
+    """e * d, or 0 where e is 0 (d may then be -inf: an element at -inf weighs nothing)."""
+    return e * d if e != 0 else e
+
+
+@building_block
 def scale_store(dst, sel, factor):
     """dst *= factor (kept 0 where not selected, even if factor is NaN or inf)."""
     if sel is None:

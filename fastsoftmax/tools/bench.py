@@ -33,6 +33,14 @@ QUICK_DTYPES = ("float32",)
 QUICK_HALF_CASES = (("softmax", (256, 128256), "bfloat16"),)
 FULL_SHAPES = ((1, 1000), (1024, 1000), (65536, 128), (16, 262144), (1, 4194304),
                (2048, 32000), (256, 128256))
+
+
+def case_shapes(function: str, shapes) -> tuple:
+    """The shapes to time ``function`` on: its operation's own (registry ``bench_shapes``:
+    fit_temperature on validation sets, not on LLM batches), else ``shapes``."""
+    return peers.CASES[function][0].bench_shapes or tuple(shapes)
+
+
 # A timed round of a fast call repeats it until the round lasts at least this long, so that
 # the timer's resolution and the loop's overhead do not show in microsecond results.
 MIN_ROUND_SECONDS = 2e-3

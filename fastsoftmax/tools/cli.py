@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastsoftmax bench`` and ``python -m fastsoftmax info``."""
+"""Command line: ``python -m fastsoftmax bench``, ``calibrate``, ``report`` and ``info``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import importlib.util
 import json
 
-from . import bench, peers
+from . import bench, calibrate, peers
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 DEFAULT_DTYPES = ("float32", "float64")
@@ -15,7 +15,8 @@ DEFAULT_DTYPES = ("float32", "float64")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fastsoftmax",
-        description="fastsoftmax command line: benchmarks and system information.")
+        description="fastsoftmax command line: benchmarks, temperature scaling and system "
+                    "information.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     b = commands.add_parser(
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, from {','.join(peers.FUNCTIONS)} (default: all)")
     b.add_argument("--shapes", default=None,
                    help="comma-separated ROWSxCOLS, e.g. 2048x32000,1x1000 (default: the "
-                        "shapes of docs/design.md; with --quick a subset)")
+                        "shapes of docs/design.md, with --quick a subset; fit_temperature: "
+                        "10000x100 and 100000x1000)")
     b.add_argument("--dtypes", default=None,
                    help="comma-separated, from float32,float64,float16,bfloat16 (bfloat16 "
                         "needs ml_dtypes; default: float32,float64; --quick: float32 and one "
@@ -48,6 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--startup", action="store_true",
                    help="also time import + first call in new processes (warm and cold cache)")
+
+    c = commands.add_parser(
+        "calibrate", help="fit a temperature to held-out logits; calibration error before/after",
+        description="Fit the temperature T minimising the NLL of softmax(logits / T) at the "
+                    "labels, print the expected (ECE), root-mean-square (RMSCE) and maximum "
+                    "(MCE) calibration errors before and after, and draw the reliability "
+                    "diagrams.")
+    c.add_argument("logits", help="a .npy file of logits, shape (rows, classes)")
+    c.add_argument("labels", help="a .npy file of integer labels, shape (rows,)")
+    c.add_argument("--plot", metavar="PATH.png",
+                   help="draw the reliability diagrams before and after (needs matplotlib)")
+    c.add_argument("--n-bins", type=int, default=15, help="confidence bins (default 15)")
+    c.add_argument("--binning", choices=("uniform", "quantile"), default="uniform",
+                   help="bins of equal width, or of equal numbers of rows (default uniform)")
+    c.add_argument("--ignore-index", type=int, default=-100,
+                   help="label of rows to leave out (default -100)")
 
     commands.add_parser("info", help="versions, threading layer, cache directory, CPU features")
 
@@ -75,7 +93,8 @@ def bench_cases(args) -> list:
             peers.numpy_dtype(name)  # ValueError when bfloat16 lacks ml_dtypes
     else:
         dtypes = list(bench.QUICK_DTYPES if args.quick else DEFAULT_DTYPES)
-    cases = [bench.Case(f, s, d) for d in dtypes for f in functions for s in shapes]
+    cases = [bench.Case(f, s, d) for d in dtypes for f in functions
+             for s in (shapes if args.shapes else bench.case_shapes(f, shapes))]
     if args.quick and not (args.functions or args.shapes or args.dtypes):
         cases += [bench.Case(*case) for case in bench.QUICK_HALF_CASES
                   if _half_dtype_available(case[2])]
@@ -182,7 +201,10 @@ def main(argv=None) -> int:
             return run_bench(args)
         if args.command == "report":
             return run_report(args)
+        if args.command == "calibrate":
+            check_plotting(args)
+            return calibrate.run(args)
         return run_info()
-    except ValueError as exc:
+    except (ValueError, TypeError, IndexError) as exc:  # bad arguments or input arrays
         parser.error(str(exc))  # exits with status 2 and the usage line
     return 1

@@ -190,6 +190,41 @@ def _torch_sampler(kwargs, tensor):
                                      generator=generator)
 
 
+def _torch_confidence(tensor):
+    """What a PyTorch user writes for per-row confidence: softmax, max, topk(2) for the
+    margin, and the entropy of the probabilities."""
+    import torch
+
+    def confidence():
+        probs = torch.softmax(tensor, dim=-1)
+        prob, label = probs.max(dim=-1)
+        top2 = torch.topk(probs, 2, dim=-1).values
+        entropy = torch.special.entr(probs).sum(dim=-1)
+        return label, prob, top2[..., 0] - top2[..., 1], entropy
+    return confidence
+
+
+def torch_fit_temperature(logits, labels):
+    """Temperature scaling as it is usually written in PyTorch (Guo et al.'s recipe): a
+    temperature parameter, LBFGS on the NLL of ``logits / T``, here with a strong-Wolfe line
+    search and tolerances tight enough to reach the same T as fastsoftmax."""
+    import torch
+    import torch.nn.functional as F
+    temperature = torch.nn.Parameter(torch.ones(1, dtype=logits.dtype))
+    optimizer = torch.optim.LBFGS([temperature], lr=1.0, max_iter=100,
+                                  line_search_fn="strong_wolfe", tolerance_grad=1e-9,
+                                  tolerance_change=1e-12)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / temperature, labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(temperature.detach())
+
+
 def _torch(case, x):
     op, kwargs = CASES[case]
     if "torch" not in op.peers:
@@ -198,6 +233,11 @@ def _torch(case, x):
     tensor = as_tensor(x)
     if op.name == "sample":
         return _torch_sampler(kwargs, tensor)
+    if op.name == "confidence":
+        return _torch_confidence(tensor)
+    if op.name == "fit_temperature":
+        labels = torch.from_numpy(op.calls[0](x)[0][1])
+        return lambda: torch_fit_temperature(tensor, labels)
     if op.name == "cross_entropy":
         import torch.nn.functional as F
         targets = torch.from_numpy(op.calls[0](x)[0][1])
