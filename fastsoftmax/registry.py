@@ -60,6 +60,8 @@ class Operation:
     bench_shapes
         The (rows, columns) its benchmark cases run on when they differ from the common
         shapes of :mod:`fastsoftmax.tools.bench` (empty: those).
+    bench_reference
+        Whether the benchmarks time its NumPy reference too (False where that takes minutes).
     dask_whole_rows
         :mod:`fastsoftmax.dask` runs it on dask arrays whose rows it first rechunks whole
         (an operation without a split pass; with one, rows are never rechunked).
@@ -76,6 +78,7 @@ class Operation:
     bench: dict = field(default_factory=dict)
     peers: tuple[str, ...] = ()
     bench_shapes: tuple = ()
+    bench_reference: bool = True
     dask_whole_rows: bool = False
 
     @property
@@ -170,8 +173,9 @@ OPERATIONS = {op.name: op for op in (
         "fit_temperature", reference.fit_temperature, (calibration.temperature_nll_rows,),
         (lambda x: ((x, _drawn_labels(x)), {}),), reduces=True,
         bench={"fit_temperature": {}}, peers=("torch",),
-        # a validation set: many rows of a classifier's classes (one fit reads it ~5 times)
-        bench_shapes=((10000, 100), (100000, 1000))),
+        # a validation set: many rows of a classifier's classes (one fit reads it ~5 times);
+        # the reference's bisection makes ~50 float64 passes: over a minute a call there
+        bench_shapes=((10000, 100), (100000, 1000)), bench_reference=False),
     Operation(
         "calibration_error", reference.calibration_error, (calibration.confidence_rows,),
         (lambda x: ((x, _targets(x)), {}),

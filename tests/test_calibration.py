@@ -169,6 +169,9 @@ def test_fit_temperature_stops_at_a_bound_and_ignores_rows():
     wrong = np.argmin(logits, axis=1)
     assert fit_temperature(logits, wrong, bounds=(0.1, 7.0)) == 7.0
     assert fit_temperature(logits * 100, labels, bounds=(0.5, 2.0)) == 2.0
+    # a model always right wants the sharpest softmax: the lower bound
+    assert fit_temperature(logits, np.argmax(logits, axis=1), bounds=(0.2, 5.0)) == 0.2
+    assert reference.fit_temperature(logits, np.argmax(logits, axis=1), bounds=(0.2, 5.0)) == 0.2
     # ignored rows count for nothing, whatever their logits
     noisy = np.vstack([logits, rng.standard_normal((50, 5)) * 50])
     ignored = np.concatenate([labels, np.full(50, -7)])
