@@ -39,6 +39,14 @@ CASES = {
     "log_softmax_backward": Case(({},), specials=False),
     "cross_entropy": Case(({}, {"temperature": 0.7}, {IN_PLACE: "grad_out"}), specials=False),
     "sample": Case(({}, {WHERE: True}), sampleable=True),
+    "sparsemax": Case(({}, {WHERE: True}, {IN_PLACE: "out"})),
+    "entmax15": Case(({}, {WHERE: True}, {IN_PLACE: "out"})),
+    "entmax_bisect": Case(({}, {WHERE: True}, {"alpha": 2.5}, {IN_PLACE: "out"})),
+    "sparsemax_backward": Case(({},), specials=False),
+    "entmax_backward": Case(({}, {"alpha": 1.25}), specials=False),
+    "sparsemax_loss": Case(({}, {IN_PLACE: "grad_out"}), specials=False),
+    "entmax15_loss": Case(({}, {IN_PLACE: "grad_out"}), specials=False),
+    "entmax_bisect_loss": Case(({}, {"alpha": 1.75}, {IN_PLACE: "grad_out"}), specials=False),
 }
 
 

@@ -121,8 +121,8 @@ def _calls_with(name, mistake):
     if mistake == "not an array":
         return (object(),) + args[1:], kwargs, TypeError, f"{name}: {first} must be"
     if mistake == "a scalar":
-        if name == "cross_entropy":
-            return None  # a scalar is the target of 1-D logits there: its own message
+        if "targets" in parameters:
+            return None  # a scalar is the target of 1-D logits in a loss: its own message
         scalars = tuple(np.float64(1.0) if np.shape(a) == np.shape(args[0]) else a for a in args)
         return scalars, kwargs, ValueError, "at least one dimension"
     if mistake == "float axis" and "axis" in parameters:

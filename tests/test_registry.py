@@ -82,7 +82,8 @@ def test_every_benchmark_case_and_peer_can_be_prepared(case):
             assert peers.prepare(implementation, case, x)() is not None, implementation
     for peer in op.peers:  # each peer the registry names has that function
         assert peer in peers.PREPARERS
-        module = {"scipy": "scipy.special", "jax": "jax.nn", "torch": "torch"}[peer]
+        module = {"scipy": "scipy.special", "jax": "jax.nn", "torch": "torch",
+                  "entmax": "entmax"}[peer]
         if importlib.util.find_spec(module.split(".")[0]) and op.name != "sample" and \
                 op.name != "cross_entropy":
             assert hasattr(importlib.import_module(module), op.name), (peer, op.name)
