@@ -256,7 +256,7 @@ def check_alpha(alpha, func: str, x_shape, axis):
     flat = np.ascontiguousarray(values, np.float64).reshape(-1)
     bad = ~(np.isfinite(flat) & (flat >= 1.0))
     if bad.any():
-        raise ValueError(f"{func}: alpha must be {expected}, got {flat[bad][0]!r} in an array")
+        raise ValueError(f"{func}: alpha must be {expected}, got {float(flat[bad][0])!r} in an array")
     return flat, 1
 
 

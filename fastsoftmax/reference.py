@@ -308,6 +308,8 @@ def _row_alphas(alpha, shape, axis):
 
 def _entmax(x, alpha, n_iter, axis, where, out, dtype):
     z, selected, out_dtype = _prepare(x, where, dtype, 1.0)
+    if z.size == 0:
+        return _deliver(np.zeros(z.shape), out, out_dtype)
     rows, _ = _rows_of(z, axis)
     chosen, _ = _rows_of(selected, axis)
     alphas = _row_alphas(alpha, z.shape, axis)
