@@ -10,6 +10,9 @@ PEERS_STAMP := $(VENV)/.peers-stamp
 # TORCH="torch --index-url https://download.pytorch.org/whl/cpu" there); TORCH= JAX= skip them.
 TORCH ?= torch==2.13.0
 JAX ?= jax>=0.4
+# The entmax package (sparsemax and entmax for PyTorch): installed without its dependencies,
+# so that it never replaces the torch above; it needs torch alone.
+ENTMAX ?= entmax>=1.1
 
 .PHONY: help install install-peers install-torch install-jax test test-slow coverage bench \
 	bench-readme bench-full bench-dask clean
@@ -27,9 +30,10 @@ install: $(STAMP) ## create .venv and install fastsoftmax with its test and benc
 $(PEERS_STAMP): $(STAMP)
 	$(if $(strip $(TORCH)$(JAX)),$(BIN)/python -m pip install --quiet $(TORCH) \
 		$(if $(strip $(JAX)),'$(JAX)'))
+	$(if $(strip $(TORCH)$(ENTMAX)),$(BIN)/python -m pip install --quiet --no-deps '$(ENTMAX)')
 	touch $(PEERS_STAMP)
 
-install-peers: $(PEERS_STAMP) ## add PyTorch (CPU) and JAX: test and benchmark peers
+install-peers: $(PEERS_STAMP) ## add PyTorch (CPU), JAX and entmax: test and benchmark peers
 
 install-torch: install ## add PyTorch 2.13 (CPU build) only
 	$(BIN)/python -m pip install --quiet $(TORCH)

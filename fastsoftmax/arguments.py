@@ -159,6 +159,9 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+is_number = _is_real  # a real number, not a bool (for public modules)
+
+
 def check_axis(axis, ndim: int, func: str, *, several=False):
     """The non-negative axis, or None for the whole array. With ``several`` (the softmax
     family, as SciPy and JAX), a tuple of axes too: returned sorted, one axis as an int, and
@@ -239,6 +242,39 @@ def check_choice(value, func: str, name: str, choices: tuple):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{func}: {name} must be one of {choices}, got {value!r}")
     return value
+
+
+def check_alpha(alpha, func: str, x_shape, axis):
+    """``(alphas, stride)``: the α of each row of an array of ``x_shape`` reduced along
+    ``axis`` (None: one row), as flat float64 values, ``alphas[r * stride]`` for row ``r``
+    (stride 0: one α for every row). ``alpha`` is a number >= 1, or an array of them that
+    broadcasts to the rows: the shape of ``x`` without ``axis``, or with ``axis`` of length 1
+    (the entmax package's layout)."""
+    expected = "a finite number >= 1 or an array of them (one per row)"
+    if _is_real(alpha):
+        value = float(alpha)
+        if not (value >= 1.0 and math.isfinite(value)):
+            raise ValueError(f"{func}: alpha must be {expected}, got {alpha!r}")
+        return np.array([value]), 0
+    values = np.asarray(alpha)
+    if values.dtype.kind not in "iuf":
+        raise TypeError(f"{func}: alpha must be {expected}, got "
+                        f"{type(alpha).__name__} of dtype {values.dtype}")
+    row_shape = () if axis is None else tuple(n for i, n in enumerate(x_shape) if i != axis)
+    if axis is not None and values.ndim == len(x_shape) and values.shape[axis] == 1:
+        values = np.squeeze(values, axis)
+    if axis is None and values.size == 1:
+        values = values.reshape(())
+    try:
+        values = np.broadcast_to(values, row_shape)
+    except ValueError:
+        raise ValueError(f"{func}: alpha has shape {np.shape(alpha)}, which does not broadcast "
+                         f"to the rows of x: shape {row_shape}") from None
+    flat = np.ascontiguousarray(values, np.float64).reshape(-1)
+    bad = ~(np.isfinite(flat) & (flat >= 1.0))
+    if bad.any():
+        raise ValueError(f"{func}: alpha must be {expected}, got {float(flat[bad][0])!r} in an array")
+    return flat, 1
 
 
 def check_seed(seed, func: str) -> np.random.Generator:
@@ -639,6 +675,32 @@ def contiguous_rows(x, axis, out, reduce: bool):
     return x_flat, out_flat, x.size // n_cols, n_cols, result
 
 
+# --- the sparse family -------------------------------------------------------------------------
+
+def prepare_entmax(op, x, axis, where, out, dtype, *, alpha, n_iter) -> Batch:
+    """Validate a call of sparsemax, entmax15 or entmax_bisect: the rows of the softmax
+    family (:func:`prepare_rows`) and one α per row (:func:`check_alpha`); ``n_iter`` 0 for
+    the exact threshold (kernels/sparse.py)."""
+    rows = prepare_rows(op, x, axis, where, out, dtype)
+    shape = np.shape(x.bits if isinstance(x, Bfloat16Bits) else x)
+    alphas, alpha_stride = check_alpha(alpha, op.name, shape, check_axis(axis, len(shape),
+                                                                         op.name))
+    return Batch(rows.kernel, (rows.x, rows.x_stride, rows.mask, rows.mask_stride, rows.out,
+                               rows.out_stride, rows.n_rows, rows.n_cols, alphas, alpha_stride,
+                               n_iter), rows.n_rows, rows.n_cols, rows.finish)
+
+
+def prepare_entmax_backward(op, grad, y, alpha, axis, out) -> Batch:
+    """Validate a backward pass of the sparse family: :func:`prepare_backward`, and one α
+    per row (:func:`check_alpha`)."""
+    batch = prepare_backward(op, grad, y, axis, out, "y")
+    shape = np.shape(y.bits if isinstance(y, Bfloat16Bits) else y)
+    alphas, alpha_stride = check_alpha(alpha, op.name, shape, check_axis(axis, len(shape),
+                                                                         op.name))
+    return Batch(batch.kernel, batch.args + (alphas, alpha_stride), batch.n_rows, batch.n_cols,
+                 batch.finish)
+
+
 # --- the backward passes ------------------------------------------------------------------------
 
 def prepare_backward(op, grad, saved, axis, out, saved_name: str) -> Batch:
@@ -685,20 +747,46 @@ def prepare_cross_entropy(op, logits, targets, *, ignore_index, label_smoothing,
                           temperature, return_grad, grad_out) -> Batch:
     """Validate a cross-entropy call as rows of logits with one target each."""
     func = op.name
+
+    def parameters(compute, n_rows):
+        if not _is_real(label_smoothing) or not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"{func}: label_smoothing must be a number in [0, 1], got "
+                             f"{label_smoothing!r}")
+        return check_temperature(temperature, func, compute), float(label_smoothing)
+
+    return prepare_row_losses(op, logits, targets, parameters, ignore_index=ignore_index,
+                              reduction=reduction, return_grad=return_grad, grad_out=grad_out)
+
+
+def prepare_entmax_loss(op, logits, targets, *, alpha, n_iter, ignore_index, reduction,
+                        return_grad, grad_out) -> Batch:
+    """Validate a Fenchel-Young loss of the sparse family (sparsemax_loss, entmax15_loss,
+    entmax_bisect_loss) as rows of logits with one target and one α each."""
+    def parameters(compute, n_rows):
+        return check_alpha(alpha, op.name, (n_rows, 0), 1) + (n_iter,)
+
+    return prepare_row_losses(op, logits, targets, parameters, ignore_index=ignore_index,
+                              reduction=reduction, return_grad=return_grad, grad_out=grad_out)
+
+
+def prepare_row_losses(op, logits, targets, parameters, *, ignore_index, reduction,
+                       return_grad, grad_out) -> Batch:
+    """Validate a loss over rows of logits with one target each (and its gradient on
+    request). ``parameters(compute dtype, n_rows)`` checks the loss's own arguments and gives
+    those its kernels take after ``n_cols``: ``op.kernels[0](x, x_stride, targets,
+    ignore_index, n_rows, n_cols, *parameters, losses)`` and ``op.kernels[1](..., *parameters,
+    scale, losses, grad, grad_stride)``."""
+    func = op.name
     xo, compute, result_dtype, rows2d, one_row = class_rows(logits, func)
     x = xo.array
     n_rows, n_cols = rows2d.shape
     check_choice(reduction, func, "reduction", REDUCTIONS)
-    if not _is_real(label_smoothing) or not 0.0 <= float(label_smoothing) <= 1.0:
-        raise ValueError(f"{func}: label_smoothing must be a number in [0, 1], got "
-                         f"{label_smoothing!r}")
     ignore_index = check_int(ignore_index, func, "ignore_index")
-    inv_t = check_temperature(temperature, func, compute)
+    params = tuple(parameters(compute, n_rows))
     t = check_labels(targets, func, "targets", n_rows, n_cols, ignore_index, one_row)
     count = int(np.count_nonzero(t != ignore_index))
     x_flat, x_stride = rows_of(rows2d, xo, compute)
     losses = np.empty(n_rows)
-    smoothing = float(label_smoothing)
 
     def loss():
         if reduction == "none":
@@ -710,9 +798,9 @@ def prepare_cross_entropy(op, logits, targets, *, ignore_index, label_smoothing,
                 total = total / count if count else np.nan
         return cast_result(total, result_dtype, xo.bits_only)
 
+    rows = (x_flat, x_stride, t, ignore_index, n_rows, n_cols) + params
     if not (return_grad or grad_out is not None):
-        return Batch(op.kernels[0], (x_flat, x_stride, t, ignore_index, n_rows, n_cols, inv_t,
-                                     smoothing, losses), n_rows, n_cols, loss)
+        return Batch(op.kernels[0], rows + (losses,), n_rows, n_cols, loss)
 
     kernel_dtype = xo.half if xo.half is not None else compute
     if grad_out is not None:
@@ -730,9 +818,8 @@ def prepare_cross_entropy(op, logits, targets, *, ignore_index, label_smoothing,
         raise ValueError(f"{func}: grad_out overlaps logits other than exactly")
     scale = (1.0 / count if count else 0.0) if reduction == "mean" else 1.0
     result = grad_out if grad_out is not None else grad
-    return Batch(op.kernels[1], (x_flat, x_stride, t, ignore_index, n_rows, n_cols, inv_t,
-                                 smoothing, scale, losses, None if in_place else grad_flat,
-                                 grad_stride), n_rows, n_cols, lambda: (loss(), result))
+    return Batch(op.kernels[1], rows + (scale, losses, None if in_place else grad_flat,
+                                        grad_stride), n_rows, n_cols, lambda: (loss(), result))
 
 
 def class_rows(logits, func: str):

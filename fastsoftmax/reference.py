@@ -18,7 +18,9 @@ import numpy as np
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
            "cross_entropy", "sampling_probs", "sample", "confidence", "fit_temperature",
-           "calibration_error", "reliability", "result_dtype", "Confidence", "Reliability"]
+           "calibration_error", "reliability", "result_dtype", "Confidence", "Reliability",
+           "sparsemax", "entmax15", "entmax_bisect", "sparsemax_backward", "entmax_backward",
+           "sparsemax_loss", "entmax15_loss", "entmax_bisect_loss"]
 
 # The result types of the calibration functions (fastsoftmax.calibration returns them too).
 Confidence = namedtuple("Confidence", "label prob margin entropy logsumexp")
@@ -209,13 +211,9 @@ def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, re
     ``z = logits / temperature``; gradient ``(softmax(z) - (1 - eps) * onehot(t) - eps / C)
     / temperature``, times 1 / (rows not ignored) for "mean".
     """
-    x = np.asarray(logits)
-    out_dtype = result_dtype(x.dtype)
-    z = np.atleast_2d(x.astype(np.float64)) / float(temperature)
-    t = np.atleast_1d(np.asarray(targets)).astype(np.int64)
+    z, t, kept, safe_t = _loss_rows(logits, targets, ignore_index)
+    z = z / float(temperature)
     n_rows, n_classes = z.shape
-    kept = t != ignore_index
-    safe_t = np.where(kept, t, 0)
     eps = float(label_smoothing)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         m = z.max(axis=-1)
@@ -224,8 +222,28 @@ def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, re
         per_row = (1 - eps) * ((m - picked) + log_s)
         if eps:
             per_row = per_row + eps * ((m - z.mean(axis=-1)) + log_s)
-        per_row = np.where(kept, per_row, 0.0)
-        count = int(kept.sum())
+        target_dist = np.full(z.shape, eps / n_classes)
+        target_dist[np.arange(n_rows), safe_t] += 1 - eps
+        grad = (softmax(z, axis=-1) - target_dist) / float(temperature)
+    return _reduced_loss(logits, per_row, grad, kept, reduction, return_grad, grad_out)
+
+
+def _loss_rows(logits, targets, ignore_index):
+    """Logits as float64 rows, the targets, which rows count, and targets safe to index."""
+    z = np.atleast_2d(np.asarray(logits).astype(np.float64))
+    t = np.atleast_1d(np.asarray(targets)).astype(np.int64)
+    kept = t != ignore_index
+    return z, t, kept, np.where(kept, t, 0)
+
+
+def _reduced_loss(logits, per_row, grad, kept, reduction, return_grad, grad_out):
+    """The loss of rows ``per_row`` (0 for ignored rows) reduced, and with ``return_grad`` or
+    ``grad_out`` the gradient ``grad`` of the per-row losses scaled as the reduction asks."""
+    x = np.asarray(logits)
+    out_dtype = result_dtype(x.dtype)
+    per_row = np.where(kept, per_row, 0.0)
+    count = int(kept.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
         if reduction == "none":
             loss = per_row.astype(out_dtype)
             loss = loss[0] if x.ndim == 1 else loss
@@ -235,13 +253,9 @@ def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, re
         else:
             loss = out_dtype.type(per_row.sum() / count if count else np.nan)
             scale = 1.0 / count if count else 0.0
-        if not (return_grad or grad_out is not None):
-            return loss
-        target_dist = np.full(z.shape, eps / n_classes)
-        target_dist[np.arange(n_rows), safe_t] += 1 - eps
-        grad = (softmax(z, axis=-1) - target_dist) * (scale / float(temperature))
-        grad[~kept] = 0.0
-    grad = grad.reshape(x.shape)
+    if not (return_grad or grad_out is not None):
+        return loss
+    grad = np.where(kept[:, None], grad * scale, 0.0).reshape(x.shape)
     if grad_out is not None:
         grad_out[...] = grad
         return loss, grad_out
@@ -456,3 +470,149 @@ def fit_temperature(logits, labels, *, ignore_index=-100, bounds=(0.05, 20.0), t
         else:
             lo = mid
     return float(1.0 / np.exp(0.5 * (lo + hi)))
+# --- the sparse family: sparsemax and α-entmax ---------------------------------------------------
+
+def _entmax_row(v, alpha, n_iter):
+    """α-entmax of one row of selected values ``v`` (float64): exact by sorting for
+    ``n_iter`` None (α = 2 or 1.5), else the entmax package's bisection with ``n_iter``
+    halvings and a renormalisation; softmax for α = 1. NaN if the max is not finite."""
+    if v.size == 0:
+        return v
+    m = v.max()
+    if not np.isfinite(m) or np.isnan(v).any():
+        return np.full(v.shape, np.nan)
+    if alpha == 1:
+        e = np.exp(v - m)
+        return e / e.sum()
+    z = (alpha - 1) * (v - m)  # the max at 0, tau in [-1, 0)
+    power = 1 / (alpha - 1)
+    if n_iter is None:
+        ranked = np.sort(z[z > -np.inf])[::-1]  # -inf elements: 0, and out of the sums
+        k = np.arange(1, ranked.size + 1)
+        mean = np.cumsum(ranked) / k
+        if alpha == 2:
+            tau = mean - 1 / k
+        else:  # the smaller root of sum((ranked[:k] - tau) ** 2) = 1
+            squares = np.cumsum(ranked ** 2) / k - mean ** 2
+            tau = mean - np.sqrt(np.maximum((1 - k * squares) / k, 0))
+        support = np.count_nonzero(tau <= ranked)
+        return np.maximum(z - tau[support - 1], 0) ** power
+    lo, step = -1.0, -(1 / z.size) ** (alpha - 1) + 1
+    for _ in range(n_iter):
+        step /= 2
+        tau = lo + step
+        p = np.maximum(z - tau, 0) ** power
+        if p.sum() >= 1:
+            lo = tau
+    return p / p.sum()
+
+
+def _row_alphas(alpha, shape, axis):
+    """α of each row (the rows of an array of ``shape`` along ``axis``, None: one row), flat."""
+    a = np.asarray(alpha, dtype=np.float64)
+    row_shape = () if axis is None else tuple(n for i, n in enumerate(shape)
+                                              if i != axis % len(shape))
+    if axis is not None and a.ndim == len(shape) and a.shape[axis] == 1:
+        a = np.squeeze(a, axis)
+    return np.broadcast_to(a.reshape(()) if axis is None else a, row_shape).reshape(-1)
+
+
+def _entmax(x, alpha, n_iter, axis, where, out, dtype):
+    z, selected, out_dtype = _prepare(x, where, dtype, 1.0)
+    if z.size == 0:
+        return _deliver(np.zeros(z.shape), out, out_dtype)
+    rows, _ = _rows_of(z, axis)
+    chosen, _ = _rows_of(selected, axis)
+    alphas = _row_alphas(alpha, z.shape, axis)
+    probs = np.zeros(rows.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for r, (row, sel, a) in enumerate(zip(rows, chosen, alphas)):
+            probs[r, sel] = _entmax_row(row[sel], a, n_iter)
+    if axis is None:
+        result = probs.reshape(z.shape)
+    else:
+        result = np.moveaxis(probs.reshape(np.moveaxis(z, axis, -1).shape), -1, axis)
+    return _deliver(result, out, out_dtype)
+
+
+def sparsemax(x, axis=-1, *, where=None, out=None, dtype=None):
+    """Reference sparsemax (Martins & Astudillo 2016): the Euclidean projection of ``x`` onto
+    the probability simplex, ``max(0, x - tau)``, tau found by sorting."""
+    return _entmax(x, 2.0, None, axis, where, out, dtype)
+
+
+def entmax15(x, axis=-1, *, where=None, out=None, dtype=None):
+    """Reference 1.5-entmax (Peters, Niculae & Martins 2019): ``max(0, x / 2 - tau) ** 2``,
+    tau exact by sorting."""
+    return _entmax(x, 1.5, None, axis, where, out, dtype)
+
+
+def entmax_bisect(x, alpha=1.5, axis=-1, *, n_iter=50, where=None, out=None, dtype=None):
+    """Reference α-entmax by bisection, as the entmax package: ``max(0, (alpha - 1) * x -
+    tau) ** (1 / (alpha - 1))`` after ``n_iter`` halvings, renormalised; softmax for α = 1."""
+    return _entmax(x, alpha, n_iter, axis, where, out, dtype)
+
+
+def entmax_backward(grad, y, alpha=1.5, axis=-1, *, out=None):
+    """Reference gradient through α-entmax: ``w * (grad - sum(grad * w) / sum(w))`` with
+    ``w = y ** (2 - alpha)`` on the support of ``y`` (0 off it, and for an empty support)."""
+    g = np.asarray(grad, dtype=np.float64)
+    y64 = np.asarray(y, dtype=np.float64)
+    a = _row_alphas(alpha, y64.shape, axis).reshape(_rows_of(y64, axis)[1])
+    if axis is not None:
+        a = np.expand_dims(a, axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(y64 > 0, np.abs(y64) ** (2 - a), 0.0)
+        w = np.where(np.isnan(y64), np.nan, w)
+        total = np.sum(w, axis=axis, keepdims=True)
+        mean = np.where(total > 0, np.sum(g * w, axis=axis, keepdims=True) / total, 0.0)
+        result = w * (g - mean)
+    return _deliver(result, out, result_dtype(np.result_type(np.asarray(grad), np.asarray(y))))
+
+
+def sparsemax_backward(grad, y, axis=-1, *, out=None):
+    """Reference gradient through sparsemax: ``grad`` minus its mean over the support of
+    ``y``, 0 off the support."""
+    return entmax_backward(grad, y, 2.0, axis, out=out)
+
+
+def _entmax_loss(logits, targets, alpha, n_iter, ignore_index, reduction, return_grad,
+                 grad_out):
+    """The Fenchel-Young loss of α-entmax, ``(1 - sum(p ** alpha)) / (alpha (alpha - 1)) +
+    p . z - z[t]`` with ``p = entmax(z)`` (cross-entropy for α = 1), gradient ``p -
+    onehot(t)``, in float64 (``z`` shifted by its max: ``p . z - z[t]`` loses nothing)."""
+    z, t, kept, safe_t = _loss_rows(logits, targets, ignore_index)
+    alphas = _row_alphas(alpha, z.shape, -1)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        shifted = z - z.max(axis=-1, keepdims=True)
+        p = _entmax(z, alphas, n_iter, -1, None, None, None)
+        picked = shifted[np.arange(len(z)), safe_t]
+        entropy = np.where(alphas == 1, -np.sum(np.where(p > 0, p * np.log(p), 0), axis=-1),
+                           (1 - np.sum(p ** alphas[:, None], axis=-1))
+                           / (alphas * (alphas - 1)))
+        per_row = entropy + np.sum(p * np.where(p > 0, shifted, 0), axis=-1) - picked
+        grad = p.copy()
+        grad[np.arange(len(z)), safe_t] -= 1
+    return _reduced_loss(logits, per_row, grad, kept, reduction, return_grad, grad_out)
+
+
+def sparsemax_loss(logits, targets, *, ignore_index=-100, reduction="mean", return_grad=False,
+                   grad_out=None):
+    """Reference sparsemax loss (Fenchel-Young, α = 2) and its gradient ``p - onehot``."""
+    return _entmax_loss(logits, targets, 2.0, None, ignore_index, reduction, return_grad,
+                        grad_out)
+
+
+def entmax15_loss(logits, targets, *, ignore_index=-100, reduction="mean", return_grad=False,
+                  grad_out=None):
+    """Reference 1.5-entmax loss (Fenchel-Young) and its gradient ``p - onehot``."""
+    return _entmax_loss(logits, targets, 1.5, None, ignore_index, reduction, return_grad,
+                        grad_out)
+
+
+def entmax_bisect_loss(logits, targets, alpha=1.5, *, n_iter=50, ignore_index=-100,
+                       reduction="mean", return_grad=False, grad_out=None):
+    """Reference α-entmax loss by bisection (Fenchel-Young; cross-entropy for α = 1) and its
+    gradient ``p - onehot``."""
+    return _entmax_loss(logits, targets, alpha, n_iter, ignore_index, reduction, return_grad,
+                        grad_out)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import arguments, reference
-from .kernels import calibration, grad, sampling, softmax
+from .kernels import calibration, grad, sampling, softmax, sparse
 from .kernels.jit import KernelPair
 
 BUILDS = ("serial", "parallel", "split")
@@ -124,6 +124,19 @@ def _drawn_labels(x) -> np.ndarray:
         uniform = np.clip(rng.random(block.shape, np.float32), tiny, 1 - 2**-24)
         labels[start:start + 4096] = np.argmax(block / 2 - np.log(-np.log(uniform)), axis=-1)
     return labels
+def _row_alphas(x) -> np.ndarray:
+    """One α per row of ``x``: softmax's 1, sparsemax's 2 and others between and beyond."""
+    rows = np.shape(x)[:-1]
+    return np.resize(np.array([1.5, 1.0, 2.0, 1.25, 3.0]), rows)
+
+
+def _loss_calls(row_alphas=False):
+    """The example calls of a loss over rows: the loss, and the loss with its gradient (and
+    one α per row with ``row_alphas``)."""
+    def with_grad(x):
+        options = {"alpha": _row_alphas(x)} if row_alphas else {}
+        return (x, _targets(x)), dict(options, return_grad=True)
+    return (lambda x: ((x, _targets(x)), {}), with_grad)
 
 
 OPERATIONS = {op.name: op for op in (
@@ -184,6 +197,33 @@ OPERATIONS = {op.name: op for op in (
     Operation(
         "reliability", reference.reliability, (calibration.confidence_rows,),
         (lambda x: ((x, _targets(x)), {"binning": "quantile", "n_bins": 5}),), reduces=True),
+    # the sparse family: one kernel for every α, exact threshold (α = 2, 1.5) or bisection
+    Operation(
+        "sparsemax", reference.sparsemax, (sparse.entmax_rows,), (_rows,),
+        bench={"sparsemax": {}}, peers=("entmax",)),
+    Operation(
+        "entmax15", reference.entmax15, (sparse.entmax_rows,), (_rows,),
+        bench={"entmax15": {}}, peers=("entmax",)),
+    Operation(
+        "entmax_bisect", reference.entmax_bisect, (sparse.entmax_rows,),
+        (_rows, lambda x: ((x,), {"alpha": _row_alphas(x)})),
+        bench={"entmax_bisect": {}}, peers=("entmax",)),
+    Operation(
+        "sparsemax_backward", reference.sparsemax_backward, (sparse.entmax_backward_rows,),
+        (lambda x: ((x, x), {}),)),
+    Operation(
+        "entmax_backward", reference.entmax_backward, (sparse.entmax_backward_rows,),
+        (lambda x: ((x, x), {}), lambda x: ((x, x), {"alpha": _row_alphas(x)}))),
+    Operation(
+        "sparsemax_loss", reference.sparsemax_loss,
+        (sparse.entmax_loss_rows, sparse.entmax_loss_grad_rows), _loss_calls(), reduces=True),
+    Operation(
+        "entmax15_loss", reference.entmax15_loss,
+        (sparse.entmax_loss_rows, sparse.entmax_loss_grad_rows), _loss_calls(), reduces=True),
+    Operation(
+        "entmax_bisect_loss", reference.entmax_bisect_loss,
+        (sparse.entmax_loss_rows, sparse.entmax_loss_grad_rows),
+        _loss_calls(row_alphas=True), reduces=True),
 )}
 
 

@@ -50,6 +50,14 @@ CASES = {
     "fit_temperature": Case(({},), specials=False, rtol={8: 1e-9, 4: 1e-5, 2: 1e-5}),
     "calibration_error": Case(({}, {"temperature": 0.7}), specials=False),
     "reliability": Case(({}, {"temperature": 2.0}), specials=False),
+    "sparsemax": Case(({}, {WHERE: True}, {IN_PLACE: "out"})),
+    "entmax15": Case(({}, {WHERE: True}, {IN_PLACE: "out"})),
+    "entmax_bisect": Case(({}, {WHERE: True}, {"alpha": 2.5}, {IN_PLACE: "out"})),
+    "sparsemax_backward": Case(({},), specials=False),
+    "entmax_backward": Case(({}, {"alpha": 1.25}), specials=False),
+    "sparsemax_loss": Case(({}, {IN_PLACE: "grad_out"}), specials=False),
+    "entmax15_loss": Case(({}, {IN_PLACE: "grad_out"}), specials=False),
+    "entmax_bisect_loss": Case(({}, {"alpha": 1.75}, {IN_PLACE: "grad_out"}), specials=False),
 }
 
 

@@ -82,9 +82,12 @@ def test_every_benchmark_case_and_peer_can_be_prepared(case):
             assert peers.prepare(implementation, case, x)() is not None, implementation
     for peer in op.peers:  # each peer the registry names has that function
         assert peer in peers.PREPARERS
-        module = {"scipy": "scipy.special", "jax": "jax.nn", "torch": "torch"}[peer]
-        # the softmax family's peers are functions of the same name; the others, pipelines
-        if importlib.util.find_spec(module.split(".")[0]) and op.split_finish is not None:
+        module = {"scipy": "scipy.special", "jax": "jax.nn", "torch": "torch",
+                  "entmax": "entmax"}[peer]
+        # the softmax family's and the sparse family's peers are functions of the same name;
+        # the others, pipelines
+        if importlib.util.find_spec(module.split(".")[0]) and (
+                op.split_finish is not None or peer == "entmax"):
             assert hasattr(importlib.import_module(module), op.name), (peer, op.name)
 
 

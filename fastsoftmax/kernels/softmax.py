@@ -40,11 +40,18 @@ def softmax_rows(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_cols
             src = x[r * x_stride:r * x_stride + n_cols]
             sel = row_of(mask, r * mask_stride, n_cols)
             row, m = load_max(src, sel, buf)
-            s = exp_store_sum(row, sel, m, inv_t,
-                              result_target(src, row_of(out, r * out_stride, n_cols)),
-                              next_row(x, r, n_rows, x_stride, n_cols))
-            store_scaled(src, row, sel, cast_like(row, np.float64(1.0) / s),
-                         row_or(out, r * out_stride, n_cols, src))
+            softmax_row(src, row, sel, m, inv_t, row_of(out, r * out_stride, n_cols),
+                        row_or(out, r * out_stride, n_cols, src),
+                        next_row(x, r, n_rows, x_stride, n_cols))
+
+
+@building_block
+def softmax_row(src, row, sel, m, inv_t, out_row, dst, ahead):
+    """dst = softmax(row * inv_t) of a row read by ``load_max`` (``row``, its max ``m``): the
+    exponentials into ``out_row`` (None: in place), then scaled into ``dst`` (the output row
+    as stored). ``ahead``: the next row, prefetched meanwhile (numerics.sum_exp)."""
+    s = exp_store_sum(row, sel, m, inv_t, result_target(src, out_row), ahead)
+    store_scaled(src, row, sel, cast_like(row, np.float64(1.0) / s), dst)
 
 
 @kernel_pair

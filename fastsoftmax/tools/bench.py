@@ -31,6 +31,10 @@ QUICK_SHAPES = ((1, 1000), (1024, 1000), (16, 262144), (2048, 32000))
 QUICK_DTYPES = ("float32",)
 # with --quick: also an LLM-sized bfloat16 batch (a PyTorch tensor when torch is installed)
 QUICK_HALF_CASES = (("softmax", (256, 128256), "bfloat16"),)
+# with --quick: the sparse family on the shapes its issue asks about (against the entmax package)
+QUICK_SPARSE_CASES = tuple((function, shape, "float32")
+                           for function in ("sparsemax", "entmax15", "entmax_bisect")
+                           for shape in ((256, 32000), (1024, 1000)))
 FULL_SHAPES = ((1, 1000), (1024, 1000), (65536, 128), (16, 262144), (1, 4194304),
                (2048, 32000), (256, 128256))
 
@@ -382,7 +386,7 @@ def plot(results, machine: dict, path: str) -> None:
     fig, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 4.6 * rows), squeeze=False)
     styles = {"fastsoftmax": ("C0", "o", "-"), "fastsoftmax out=": ("C0", "s", "--"),
               "reference": ("C7", "v", "-"), "scipy": ("C2", "^", "-"),
-              "torch": ("C3", "D", "-"), "jax": ("C1", "P", "-"),
+              "torch": ("C3", "D", "-"), "jax": ("C1", "P", "-"), "entmax": ("C5", "*", "-"),
               "via-float32": ("C4", "X", "-.")}
     for ax, (function, dtype) in zip(axes.flat, panels):
         cases = sorted((r for r in results if (r.function, r.dtype) == (function, dtype)),

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = commands.add_parser(
         "bench", help="time fastsoftmax against the NumPy reference and installed peers",
         description="Time fastsoftmax (allocating and with out=) against the NumPy reference "
-                    "and SciPy, PyTorch and JAX when installed, on the same arrays, "
+                    "and SciPy, PyTorch, JAX and entmax when installed, on the same arrays, "
                     "interleaved; report GB/s, %% of the memory roofline measured in the same "
                     "run, and ratios (peer time / fastsoftmax time: > 1 means faster).")
     b.add_argument("--functions", default=None,
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs ml_dtypes; default: float32,float64; --quick: float32 and one "
                         "bfloat16 case)")
     b.add_argument("--peers", default=None,
-                   help="comma-separated, from reference,scipy,torch,jax,via-float32 "
+                   help=f"comma-separated, from {','.join(peers.PEERS)} "
                         "(default: installed; via-float32 runs for float16/bfloat16 only)")
     b.add_argument("--repeat", type=int, default=None,
                    help="timed rounds per implementation and case (default 7, --quick 5)")
@@ -98,6 +98,7 @@ def bench_cases(args) -> list:
     if args.quick and not (args.functions or args.shapes or args.dtypes):
         cases += [bench.Case(*case) for case in bench.QUICK_HALF_CASES
                   if _half_dtype_available(case[2])]
+        cases += [bench.Case(*case) for case in bench.QUICK_SPARSE_CASES]
     return cases
 
 

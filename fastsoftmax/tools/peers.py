@@ -1,6 +1,7 @@
 """The implementations the benchmarks (``benchmarks/`` and ``python -m fastsoftmax bench``)
 compare: fastsoftmax (allocating, and with a preallocated output), the NumPy reference, and
-SciPy, PyTorch and JAX when they are installed.
+SciPy, PyTorch, JAX and the entmax package (sparsemax and entmax on PyTorch tensors) when they
+are installed.
 
 Cases come from the registry of operations (:mod:`fastsoftmax.registry`): each operation's
 ``bench`` entries, called with the arguments of its first example call and the case's keyword
@@ -27,7 +28,7 @@ READ_ONLY = tuple(case for case, (op, _) in CASES.items() if op.reduces)
 OURS = ("fastsoftmax", "fastsoftmax out=")
 # "via-float32": for float16/bfloat16 input, the conversion a user would otherwise write
 # first (``x.float()`` on a tensor, ``x.astype(np.float32)`` on an array), then fastsoftmax.
-PEERS = ("reference", "scipy", "torch", "jax", "via-float32")
+PEERS = ("reference", "scipy", "torch", "jax", "entmax", "via-float32")
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -55,8 +56,9 @@ def as_tensor(x: np.ndarray):
 
 def is_installed(name: str) -> bool:
     """True when implementation ``name`` can run here (its library imports)."""
-    module = {"scipy": "scipy", "torch": "torch", "jax": "jax"}.get(name)
-    return module is None or importlib.util.find_spec(module) is not None
+    modules = {"scipy": ("scipy",), "torch": ("torch",), "jax": ("jax",),
+               "entmax": ("torch", "entmax")}.get(name, ())
+    return all(importlib.util.find_spec(module) is not None for module in modules)
 
 
 def installed_peers() -> list[str]:
@@ -273,6 +275,17 @@ def _jax(case, x):
     return lambda: fn(array, axis=-1).block_until_ready()
 
 
+def _entmax(case, x):
+    """The entmax package (PyTorch, sorting each row) on a tensor over ``x``."""
+    op, kwargs = CASES[case]
+    if "entmax" not in op.peers:
+        raise NotImplementedError(f"the entmax package has no {case}")
+    import entmax
+    tensor = as_tensor(x)
+    fn = getattr(entmax, op.name)
+    return lambda: fn(tensor, dim=-1, **kwargs)
+
+
 PREPARERS: dict[str, Callable] = {
     "fastsoftmax": _fastsoftmax,
     "fastsoftmax out=": _fastsoftmax_out,
@@ -280,6 +293,7 @@ PREPARERS: dict[str, Callable] = {
     "scipy": _scipy,
     "torch": _torch,
     "jax": _jax,
+    "entmax": _entmax,
     "via-float32": _via_float32,
 }
 
