@@ -52,8 +52,12 @@ def test_default_cases():
     sparse = [(c.function, c.shape, c.dtype) for c in cases
               if c.function in {f for f, _, _ in bench.QUICK_SPARSE_CASES}]
     assert sparse == list(bench.QUICK_SPARSE_CASES)
-    float32 = [c for c in cases if c.dtype == "float32" and c.function in bench.QUICK_FUNCTIONS]
-    assert len(float32) + len(half) + len(sparse) == len(cases)
+    decode = [(c.function, c.shape, c.dtype) for c in cases
+              if c.shape in bench.DECODE_SHAPES or c.function.startswith("sample")]
+    assert decode == list(bench.QUICK_DECODE_CASES)
+    float32 = [c for c in cases if c.dtype == "float32" and c.function in bench.QUICK_FUNCTIONS
+               and c.shape not in bench.DECODE_SHAPES]
+    assert len(float32) + len(half) + len(sparse) + len(decode) == len(cases)
     assert {c.shape for c in float32} == set(bench.QUICK_SHAPES)
     assert cli.startup_dtypes(cases) == ["float32"]  # make bench --startup: no bfloat16
     args = cli.build_parser().parse_args(["bench"])
@@ -68,13 +72,15 @@ def test_json_has_every_field(tmp_path, capsys):
     assert len(data["results"]) == 4
     for case in data["results"]:
         assert case["roofline_gbps"] > 0 and case["bytes_moved"] > 0
+        assert case["compute_gelems"] > 0
         assert set(case["timings"]) == {"fastsoftmax", "fastsoftmax out=", "reference"}
         for timing in case["timings"].values():
             assert 0 < timing["min_s"] <= timing["median_s"]
             assert timing["gbps"] > 0 and timing["pct_roofline"] > 0
+            assert timing["pct_compute"] > 0
         assert case["ratios"]["reference"] > 0 and case["ratios_out"]["reference"] > 0
     table = capsys.readouterr().out
-    assert "× reference" in table and "3×64" in table
+    assert "× reference" in table and "3×64" in table and "% compute" in table
 
 
 def test_markdown_table_and_plot(tmp_path, capsys):

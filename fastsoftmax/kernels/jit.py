@@ -34,6 +34,34 @@ NUMBA_OPTIONS = dict(
 REDUCTION_OPTIONS = dict(NUMBA_OPTIONS, fastmath=set(REDUCTION_FASTMATH_FLAGS))
 
 
+def _load_numpy_support_without_scipy():
+    """Import Numba's NumPy support (``numba.np.arraymath``) without the SciPy import of its
+    BLAS check.
+
+    Numba loads that module when its first function is compiled or read from the cache, and at
+    import it asks whether BLAS is there by importing ``scipy.linalg.cython_blas``: with SciPy
+    installed that is about 0.17 s, most of a warm first call (docs/performance.md,
+    "Start-up"). None of our kernels calls BLAS. The answer only picks how a jitted
+    ``np.correlate``/``np.convolve`` takes its inner products, and Numba's ``np.dot`` checks
+    BLAS again itself when it is compiled, so the flag is set from whether SciPy is installed
+    (a cheap lookup): the same answer, without the import.
+    """
+    import importlib.util
+    import sys
+    blas = "scipy.linalg.cython_blas"
+    if "numba.np.arraymath" in sys.modules or blas in sys.modules:
+        return  # already loaded, or SciPy's BLAS already imported: nothing to save
+    sys.modules[blas] = None  # makes ``import scipy.linalg.cython_blas`` fail at once
+    try:
+        import numba.np.arraymath as arraymath
+    finally:
+        del sys.modules[blas]
+    arraymath._HAVE_BLAS = importlib.util.find_spec("scipy") is not None
+
+
+_load_numpy_support_without_scipy()
+
+
 def building_block(pyfunc):
     """Compile a small numerical helper that kernels call (``exp``, elementwise passes)."""
     return numba.njit(**NUMBA_OPTIONS)(pyfunc)

@@ -4,8 +4,10 @@ For each case (function, shape, dtype) it builds one input array, measures the m
 roofline over the same bytes, then times every implementation of :mod:`fastsoftmax.peers` on
 that array, interleaved round by round so that drifting clocks and noisy neighbours hit all
 of them alike. Reported per implementation: median and minimum time per call, GB/s (bytes
-moved over the minimum time: docs/design.md, "Benchmarks") and percent of the roofline; per case, the ratio of
-each peer's time to fastsoftmax's (> 1 means fastsoftmax is faster).
+moved over the minimum time: docs/design.md, "Benchmarks"), percent of the memory roofline and
+percent of the compute roofline (a bare exponential-and-sum loop over the same elements: the
+ceiling of a batch in cache); per case, the ratio of each peer's time to fastsoftmax's (> 1
+means fastsoftmax is faster).
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ QUICK_HALF_CASES = (("softmax", (256, 128256), "bfloat16"),)
 QUICK_SPARSE_CASES = tuple((function, shape, "float32")
                            for function in ("sparsemax", "entmax15", "entmax_bisect")
                            for shape in ((256, 32000), (1024, 1000)))
+# with --quick: the batches of an LLM's decode step (1-64 rows of a 32K-128K vocabulary, in
+# cache), for probabilities and for sampling
+DECODE_SHAPES = ((1, 32000), (1, 128256), (8, 128256), (64, 32000), (64, 128256))
+QUICK_DECODE_CASES = tuple(
+    [(function, shape, "float32") for function in ("softmax", "log_softmax")
+     for shape in DECODE_SHAPES]
+    + [(function, shape, "float32") for function in ("sample_top_k", "sample_top_p")
+       for shape in ((1, 128256), (64, 128256))])
 FULL_SHAPES = ((1, 1000), (1024, 1000), (65536, 128), (16, 262144), (1, 4194304),
                (2048, 32000), (256, 128256))
 
@@ -69,6 +79,7 @@ class Timing:
     pct_roofline: float
     calls_per_round: int
     rounds: int
+    pct_compute: float = math.nan  # of the compute roofline (older JSON files lack it)
 
 
 @dataclass
@@ -78,6 +89,7 @@ class CaseResult:
     dtype: str
     bytes_moved: int
     roofline_gbps: float
+    compute_gelems: float = math.nan  # G elements/s of the compute roofline
     timings: dict = field(default_factory=dict)   # implementation -> Timing
     errors: dict = field(default_factory=dict)    # implementation -> message
     ratios: dict = field(default_factory=dict)    # peer -> peer min / fastsoftmax min
@@ -126,28 +138,47 @@ def _calibrate(fn) -> tuple[int, float]:
     return max(1, math.ceil(MIN_ROUND_SECONDS / max(once, 1e-7))), once
 
 
+def _fastest(fn, repeat: int) -> float:
+    """The minimum seconds per call of ``fn`` over at least 3 timed rounds."""
+    calls, _ = _calibrate(fn)
+    times: list = []
+    for _ in range(max(repeat, 3)):
+        _time_rounds(fn, times, calls)
+    return min(times)
+
+
+def _runs_parallel(flat: np.ndarray) -> bool:
+    # the plan's rule: what fastsoftmax's own kernels would do with this many elements
+    return flat.size > plan.SERIAL_MAX_ELEMENTS and parallel_available()
+
+
 def measure_roofline(function: str, x: np.ndarray, repeat: int) -> float:
     """GB/s of the simplest pass over the same bytes: scale-and-copy, or a read-only sum."""
     from .roofline import scale_copy, sum_all
     flat = x.reshape(-1)
     if peers.is_half(flat):  # Numba cannot type float16/bfloat16: the same bytes as integers
         flat = flat.view(np.uint16)
-    parallel = flat.size > plan.SERIAL_MAX_ELEMENTS and parallel_available()
     if function in peers.READ_ONLY:
-        kernel = sum_all.build(parallel)
+        kernel = sum_all.build(_runs_parallel(flat))
         fn = lambda: kernel(flat)  # noqa: E731
         nbytes = flat.nbytes
     else:
-        kernel = scale_copy.build(parallel)
+        kernel = scale_copy.build(_runs_parallel(flat))
         dst = np.empty_like(flat)
         factor = flat.dtype.type(0.5 if flat.dtype.kind == "f" else 3)
         fn = lambda: kernel(flat, dst, factor)  # noqa: E731
         nbytes = 2 * flat.nbytes
-    calls, _ = _calibrate(fn)
-    times: list = []
-    for _ in range(max(repeat, 3)):
-        _time_rounds(fn, times, calls)
-    return nbytes / min(times) / 1e9
+    return nbytes / _fastest(fn, repeat) / 1e9
+
+
+def measure_compute_roofline(x: np.ndarray, repeat: int) -> float:
+    """G elements/s of a bare vectorised exponential-and-sum over the elements of ``x``, in
+    its compute dtype (half precision is computed in float32, as the kernels do)."""
+    from .roofline import exp_sum
+    flat = x.reshape(-1)
+    flat = flat.astype(np.float32) if peers.is_half(flat) else flat
+    kernel = exp_sum.build(_runs_parallel(flat))
+    return flat.size / _fastest(lambda: kernel(flat), repeat) / 1e9
 
 
 def run_case(case: Case, implementations, repeat: int, seed: int = 0,
@@ -159,7 +190,8 @@ def run_case(case: Case, implementations, repeat: int, seed: int = 0,
         peers.numpy_dtype(case.dtype))
     nbytes = peers.result_bytes(case.function, x)
     result = CaseResult(case.function, case.shape, case.dtype, nbytes,
-                        measure_roofline(case.function, x, repeat))
+                        measure_roofline(case.function, x, repeat),
+                        measure_compute_roofline(x, repeat))
     callables, calls, rounds = {}, {}, {}
     for name in implementations:
         try:
@@ -186,7 +218,8 @@ def run_case(case: Case, implementations, repeat: int, seed: int = 0,
         gbps = nbytes / best / 1e9
         result.timings[name] = Timing(statistics.median(samples), best, gbps,
                                       100.0 * gbps / result.roofline_gbps, calls[name],
-                                      len(samples))
+                                      len(samples),
+                                      100.0 * x.size / best / 1e9 / result.compute_gelems)
     for ours, ratios in (("fastsoftmax", result.ratios), ("fastsoftmax out=", result.ratios_out)):
         if ours in result.timings:
             for name in peers.PEERS:
@@ -299,7 +332,8 @@ def table_rows(results):
     """Rows (as lists of strings) of the summary table, and its header."""
     peer_names = [name for name in peers.PEERS
                   if any(name in r.timings for r in results)]
-    header = ["function", "shape", "dtype", "variant", "median", "min", "GB/s", "% roofline"]
+    header = ["function", "shape", "dtype", "variant", "median", "min", "GB/s", "% roofline",
+              "% compute"]
     header += [f"× {name}" for name in peer_names]
     rows = []
     for r in results:
@@ -310,7 +344,8 @@ def table_rows(results):
                 continue
             variant = "allocating" if ours == "fastsoftmax" else "out="
             row = [r.function, shape, r.dtype, variant, _format_time(t.median_s),
-                   _format_time(t.min_s), f"{t.gbps:.1f}", f"{t.pct_roofline:.0f}%"]
+                   _format_time(t.min_s), f"{t.gbps:.1f}", f"{t.pct_roofline:.0f}%",
+                   "—" if math.isnan(t.pct_compute) else f"{t.pct_compute:.0f}%"]
             row += [f"{ratios[name]:.2f}" if name in ratios else "—" for name in peer_names]
             rows.append(row)
     return header, rows
