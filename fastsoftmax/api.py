@@ -183,7 +183,7 @@ def _forward(op, x, axis, where, out, dtype, temperature, keepdims=False):
 @accepts_tensors("x", "where", "out")
 def _general(op, x, axis, where, out, dtype, temperature, keepdims):
     batch = arguments.prepare_rows(op, x, axis, where, out, dtype, temperature=temperature,
-                                   keepdims=keepdims)
+                                   keepdims=keepdims, columns=True)
     return plan.run(op, batch)
 
 

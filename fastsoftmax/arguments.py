@@ -500,10 +500,44 @@ class RowBatch:
         return self.result
 
 
+@dataclass(slots=True)
+class ColumnBatch:
+    """A call of the softmax family along a strided axis of a C-ordered array: ``x`` flat, as
+    (n_outer, n_red, n_inner), each of its n_outer * n_inner columns a row of n_red elements;
+    ``out`` flat, of the same layout (or (n_outer, n_inner) for a reduction; ``x`` itself: in
+    place). The plan runs ``kernel`` (the operation's ``columns`` of the registry) over tiles
+    of columns."""
+
+    kernel: KernelPair
+    x: np.ndarray
+    n_outer: int
+    n_red: int
+    n_inner: int
+    out: np.ndarray
+    inv_t: object
+    result: object
+    written: np.ndarray | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_outer * self.n_inner
+
+    @property
+    def n_cols(self) -> int:
+        return self.n_red
+
+    finish = RowBatch.finish
+
+
 # --- the softmax family -------------------------------------------------------------------------
 
-def prepare_rows(op, x, axis, where, out, dtype, *, temperature=1.0, keepdims=False) -> RowBatch:
+def prepare_rows(op, x, axis, where, out, dtype, *, temperature=1.0, keepdims=False,
+                 columns=False) -> RowBatch | ColumnBatch:
     """Validate a call of softmax, log_softmax or logsumexp and lay it out as rows.
+
+    With ``columns``, rows along a strided axis may come as a :class:`ColumnBatch` (the plan
+    runs both; callers that take the rows apart themselves, such as the split passes of dask
+    or a weighted logsumexp, leave it False).
 
     The result has the shape of ``x`` (``op.reduces`` False) or one value per row, with
     ``keepdims`` as in NumPy. float16 and bfloat16 input is read through an integer view of
@@ -521,6 +555,12 @@ def prepare_rows(op, x, axis, where, out, dtype, *, temperature=1.0, keepdims=Fa
     axis = check_axis(axis, x_arr.ndim, func, several=True)
     inv_t = check_temperature(temperature, func, compute)
     reduce = op.reduces
+
+    if columns and where is None and op.columns is not None:
+        columns = _column_batch(op, xo, compute, kernel_dtype, result_dtype, axis, inv_t, out,
+                                dtype, keepdims)
+        if columns is not None:
+            return columns
 
     x_moved = move_axis_last(x_arr, axis)
     n_cols = x_moved.shape[-1]
@@ -572,6 +612,53 @@ def prepare_rows(op, x, axis, where, out, dtype, *, temperature=1.0, keepdims=Fa
     result = np.empty(result_shape, result_dtype) if out is None else out
     return RowBatch(kernel, x_flat, x_stride, mask, mask_stride, out_flat, out_stride, n_rows,
                     n_cols, kernel_inv_t, result, written=shaped)
+
+
+def _column_batch(op, xo, compute, kernel_dtype, result_dtype, axis, inv_t, out, dtype,
+                  keepdims):
+    """The call as a :class:`ColumnBatch` when its rows run along a strided axis of a
+    C-ordered array read as it is (float32/float64 of the compute dtype, or half-precision
+    bits computed in float32, the result in the same storage unless it is reduced); else
+    None (the rows are then moved last, a copy)."""
+    x_arr = xo.array
+    if not isinstance(axis, int) or axis == x_arr.ndim - 1 or x_arr.size == 0 \
+            or not x_arr.flags.c_contiguous or not x_arr.dtype.isnative:
+        return None
+    if xo.half is not None and compute == _F32:
+        x_store = x_arr.view(xo.half)
+    elif x_arr.dtype == compute and not xo.bits_only:
+        x_store = x_arr
+    else:
+        return None
+    reduce = op.reduces
+    if not reduce and kernel_dtype != x_store.dtype:
+        return None  # the tiles are computed in place, in the storage dtype
+    shape = x_arr.shape
+    n_outer, n_red, n_inner = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+    row_shape = shape[:axis] + shape[axis + 1:] if reduce else shape
+    result_shape = shape[:axis] + (1,) + shape[axis + 1:] if reduce and keepdims else row_shape
+
+    def batch(out_flat, result, written=None):
+        return ColumnBatch(op.columns, x_store.reshape(-1), n_outer, n_red, n_inner, out_flat,
+                           None if inv_t == 1.0 else compute.type(inv_t), result, written)
+
+    if out is not None:
+        out = check_out(out, result_shape, result_dtype, op.name,
+                        dtype_name=xo.result_name(converted=dtype is not None))
+        if out.itemsize == kernel_dtype.itemsize and out.flags.c_contiguous:
+            flat = out.view(kernel_dtype).reshape(-1)
+            if not np.may_share_memory(flat, x_store):
+                return batch(flat, out)
+            if not reduce and x_store.flags.writeable and flat.ctypes.data == x_store.ctypes.data:
+                return batch(flat, out)  # in place: each tile is read whole before it is written
+    buffer = np.empty(row_shape, kernel_dtype)
+    shaped = buffer.reshape(result_shape)
+    if shaped.dtype != result_dtype and shaped.dtype.itemsize == result_dtype.itemsize:
+        shaped = shaped.view(result_dtype)  # half-precision bits as the caller's dtype
+    if out is None and result_dtype == shaped.dtype:
+        return batch(buffer.reshape(-1), shaped)
+    return batch(buffer.reshape(-1), np.empty(result_shape, result_dtype) if out is None else out,
+                 shaped)
 
 
 def prepare_weighted_logsumexp(op, x, b, axis, where, out, dtype, *, keepdims,

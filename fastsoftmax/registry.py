@@ -65,6 +65,10 @@ class Operation:
     dask_whole_rows
         :mod:`fastsoftmax.dask` runs it on dask arrays whose rows it first rechunks whole
         (an operation without a split pass; with one, rows are never rechunked).
+    columns
+        Its kernel over rows along a strided axis (``axis=0`` of a C-ordered array), tiles of
+        columns through its row kernel (kernels/softmax.py); None: such rows are copied into
+        place first.
     """
 
     name: str
@@ -80,6 +84,7 @@ class Operation:
     bench_shapes: tuple = ()
     bench_reference: bool = True
     dask_whole_rows: bool = False
+    columns: KernelPair | None = None
 
     @property
     def builds(self) -> tuple[str, ...]:
@@ -143,17 +148,17 @@ OPERATIONS = {op.name: op for op in (
     Operation(
         "softmax", reference.softmax, (softmax.softmax_rows,), (_rows,),
         split_finish=softmax.softmax_finish, split_keeps_exps=True, bench={"softmax": {}},
-        peers=("scipy", "torch", "jax")),
+        peers=("scipy", "torch", "jax"), columns=softmax.softmax_columns),
     Operation(
         "log_softmax", reference.log_softmax, (softmax.log_softmax_rows,), (_rows,),
         split_finish=softmax.log_softmax_finish, split_log_sum=True, bench={"log_softmax": {}},
-        peers=("scipy", "torch", "jax")),
+        peers=("scipy", "torch", "jax"), columns=softmax.log_softmax_columns),
     Operation(
         "logsumexp", reference.logsumexp,
         (softmax.logsumexp_rows, softmax.weighted_logsumexp_rows),
         (_rows, lambda x: ((x,), {"b": _weights(x), "return_sign": True})), reduces=True,
         split_finish=softmax.logsumexp_finish, split_log_sum=True, bench={"logsumexp": {}},
-        peers=("scipy", "torch", "jax")),
+        peers=("scipy", "torch", "jax"), columns=softmax.logsumexp_columns),
     # the backward passes: any values stand for the saved output as far as the kernels care
     Operation(
         "softmax_backward", reference.softmax_backward, (grad.softmax_backward_rows,),

@@ -88,3 +88,64 @@ def test_the_plan_picks_each_build_where_this_file_expects():
     with pytest.raises(ValueError, match="build must be one of"):
         with plan.force_build("gpu"):
             pass
+
+
+# --- rows along a strided axis ------------------------------------------------------------------
+# softmax(x, axis=0) of a C-ordered array runs its columns through the row kernels a tile at a
+# time (registry ``columns``, plan.run_columns): the same bits as the rows moved last, at every
+# threshold shape (transposed), in every dtype and build, with and without options.
+
+COLUMN_OPERATIONS = [name for name, op in OPERATIONS.items() if op.columns is not None]
+
+
+def _along_axis(x, axis):
+    """``x`` with its last axis moved to ``axis``, C-ordered (the rows now run along it)."""
+    return np.ascontiguousarray(np.moveaxis(x, -1, axis))
+
+
+@pytest.mark.parametrize("shape", threshold_shapes() + [(4, 3, 1000)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", COLUMN_OPERATIONS)
+def test_rows_along_a_strided_axis_give_the_bits_of_rows_moved_last(name, dtype, shape):
+    op = OPERATIONS[name]
+    rng = np.random.default_rng(zlib.crc32(f"columns {name} {dtype} {shape}".encode()))
+    x = logits_for(op, rng, (int(np.prod(shape[:-1])), shape[-1]), dtype).reshape(shape)
+    axis = 0 if len(shape) == 2 else 1
+    strided = _along_axis(x, axis)
+    options = [{}, {"out": "new"}, {"out": "in place"}]
+    options += [{"keepdims": True}] if op.reduces else [{"temperature": 0.7}]
+    for option in options:
+        with np.errstate(all="ignore"):
+            want = op.public()(x, **{k: v for k, v in option.items() if k != "out"})
+        want = np.moveaxis(want, -1, axis) if not op.reduces or option.get("keepdims") else want
+        for build in op.builds:
+            data = strided.copy()
+            kwargs = {k: v for k, v in option.items() if k != "out"}
+            if option.get("out") == "new":
+                kwargs["out"] = np.empty_like(want)
+            elif option.get("out") == "in place":
+                if op.reduces:
+                    continue
+                kwargs["out"] = data
+            with plan.force_build(build), np.errstate(all="ignore"):
+                got = op.public()(data, axis=axis, **kwargs)
+            assert_same_bits(got, want, f"{name} {dtype} {shape} {option} {build}")
+            if "out" in kwargs:
+                assert got is kwargs["out"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_rows_take_the_column_kernels(dtype, monkeypatch):
+    # the test above would pass through a copy too: check that the tiles run where they apply
+    ran = []
+    monkeypatch.setattr(plan, "run_columns", lambda batch, parallel: ran.append(batch))
+    x = logits_for(OPERATIONS["softmax"], np.random.default_rng(0), (6, 50), dtype)
+    for name in COLUMN_OPERATIONS:
+        OPERATIONS[name].public()(_along_axis(x, 0), axis=0)
+        OPERATIONS[name].public()(_along_axis(x, 0), axis=0, out=np.empty(
+            (6,) if OPERATIONS[name].reduces else (50, 6), x.dtype))
+    assert len(ran) == 2 * len(COLUMN_OPERATIONS)
+    OPERATIONS["softmax"].public()(_along_axis(x, 0)[:, ::2], axis=0)  # not C-ordered: a copy
+    OPERATIONS["softmax"].public()(_along_axis(x, 0), axis=0, where=x.T > 0)  # a mask: a copy
+    assert len(ran) == 2 * len(COLUMN_OPERATIONS)

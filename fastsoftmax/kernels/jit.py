@@ -114,6 +114,21 @@ class KernelPair:
         return f"<KernelPair {self.__name__}>"
 
 
+def specialised(pyfunc, name: str, **constants):
+    """A copy of ``pyfunc`` named ``name`` whose globals also hold ``constants`` (such as the
+    row kernel the body runs), to compile with :func:`building_block` or :class:`KernelPair`:
+    one body serving several operations. Numba freezes a global when it compiles, and keys its
+    cache by the qualified name, so each copy compiles and caches on its own (a kernel passed
+    as an argument instead would not be cached: its type is the dispatcher object of one
+    process)."""
+    clone = types.FunctionType(pyfunc.__code__, dict(pyfunc.__globals__, **constants), name,
+                               pyfunc.__defaults__, pyfunc.__closure__)
+    clone.__qualname__ = name
+    clone.__module__ = pyfunc.__module__
+    clone.__doc__ = pyfunc.__doc__
+    return clone
+
+
 def _quiet(pyfunc):
     # With NUMBA_DISABLE_JIT (coverage of kernel bodies) the kernels run as Python on NumPy
     # scalars, which warn on the inf - inf and overflows that compiled code computes silently

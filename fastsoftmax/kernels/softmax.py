@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .jit import building_block, kernel_pair
+from .jit import KernelPair, building_block, kernel_pair, specialised
 from .numerics import (BLOCK, cast_like, exp_store_sum, max_dominates, next_row, rest_of_blocks,
                        row_of, row_or, sum_exp, sum_exp_below, sum_exp_parts,
                        weighted_log_sum_exp)
@@ -253,3 +253,83 @@ def logsumexp_finish(x, x_stride, mask, mask_stride, out, out_stride, n_rows, n_
     read)."""
     for r in prange(n_rows):
         store_value(out, r * out_stride, logsumexp_of(maxima[r], log_sums[r]))
+
+
+# --- rows along a strided axis -----------------------------------------------------------------
+# softmax(x, axis=0) of a C-ordered (32000, 2048) array: each row of the operation is a column,
+# its elements n_inner apart. Rather than moving the axis last (a full transposed copy in, and
+# one out), the columns are taken a tile at a time: a tile is ``width`` adjacent columns (one
+# cache line of each of the n_red lines it crosses), gathered into a task's scratch as
+# contiguous rows, run through the operation's own row kernel (serial build), and the result
+# scattered back (or, for a reduction, written where its values go). Each row is computed by
+# the same row kernel as on the moved-axis copy, so the bits are the same. The layout:
+# ``x`` is a C-ordered (n_outer, n_red, n_inner) array, flat; the result has the same layout
+# (``out`` may be ``x`` itself: in place), or (n_outer, n_inner) for a reduction.
+# ``TILE_PASS`` and ``ROW_KERNEL`` are globals set per operation (columns_kernel, jit.specialised).
+
+@building_block
+def column_tile(t, n_inner, width):
+    """(outer index, first column, number of columns) of tile ``t``: tiles run across n_inner
+    within one outer index, then on to the next."""
+    per_outer = (n_inner + width - 1) // width
+    c0 = (t % per_outer) * width
+    return t // per_outer, c0, min(width, n_inner - c0)
+
+
+@building_block
+def gather_columns(x, first, n_inner, n_red, w, tile):
+    """tile[c * n_red + k] = x[first + k * n_inner + c] for the ``w`` columns of a tile."""
+    for k in range(n_red):
+        line = x[first + k * n_inner:first + k * n_inner + w]
+        for c in range(w):
+            tile[c * n_red + k] = line[c]
+
+
+@building_block
+def scatter_columns(tile, first, n_inner, n_red, w, out):
+    """The inverse of :func:`gather_columns`."""
+    for k in range(n_red):
+        line = out[first + k * n_inner:first + k * n_inner + w]
+        for c in range(w):
+            line[c] = tile[c * n_red + k]
+
+
+@building_block
+def gather_tile(x, t, n_red, n_inner, width, tile):
+    """Gather tile ``t`` into ``tile``; return its (outer index, first column, columns)."""
+    o, c0, w = column_tile(t, n_inner, width)
+    gather_columns(x, o * n_red * n_inner + c0, n_inner, n_red, w, tile)
+    return o, c0, w
+
+
+def _columns(x, n_red, n_inner, out, inv_t, width, n_tiles, n_tasks):
+    """TILE_PASS over the tiles of columns of ``x``: the operation along the strided axis."""
+    for task in prange(n_tasks):
+        first_tile, end_tile = task_rows(task, n_tasks, n_tiles)
+        tile = np.empty(width * n_red, x.dtype)
+        for t in range(first_tile, end_tile):
+            o, c0, w = gather_tile(x, t, n_red, n_inner, width, tile)
+            TILE_PASS(tile, n_red, w, inv_t, out, o, c0, n_inner)  # noqa: F821
+
+
+def _tile_in_place(tile, n_red, w, inv_t, out, o, c0, n_inner):
+    """ROW_KERNEL over the rows of a tile, in place, scattered into ``out``."""
+    ROW_KERNEL(tile, n_red, None, 0, None, n_red, w, n_red, inv_t, 1)  # noqa: F821
+    scatter_columns(tile, o * n_red * n_inner + c0, n_inner, n_red, w, out)
+
+
+def _tile_reduced(tile, n_red, w, inv_t, out, o, c0, n_inner):
+    """ROW_KERNEL over the rows of a tile, one value each into ``out`` (n_outer, n_inner)."""
+    ROW_KERNEL(tile, n_red, None, 0, out[o * n_inner + c0:], 1, w, n_red, inv_t, 1)  # noqa: F821
+
+
+def columns_kernel(name, row_kernel, reduces=False):
+    """The kernel of an operation along a strided axis, from its row kernel."""
+    tile_pass = building_block(specialised(_tile_reduced if reduces else _tile_in_place,
+                                           f"{name}_tile", ROW_KERNEL=row_kernel.serial))
+    return KernelPair(specialised(_columns, name, TILE_PASS=tile_pass))
+
+
+softmax_columns = columns_kernel("softmax_columns", softmax_rows)
+log_softmax_columns = columns_kernel("log_softmax_columns", log_softmax_rows)
+logsumexp_columns = columns_kernel("logsumexp_columns", logsumexp_rows, reduces=True)
