@@ -51,22 +51,6 @@ def _block_weighted_square(e, block, m):
 
 
 @building_block
-def _row_confidence(row, sel, m, inv_t, scratch, ahead):
-    """Block by block over a row of finite max ``m``: (sum(e), sum(e * d)) as float64, with
-    d = row - m, e = exp(d * inv_t). ``scratch``: BLOCK values for a block's e."""
-    s = 0.0
-    s1 = 0.0
-    for start in range(0, row.size, BLOCK):
-        stop = min(start + BLOCK, row.size)
-        prefetch_lines(ahead[start:stop])
-        block = row[start:stop]
-        e = scratch[:stop - start]
-        s += exp_store_sum(block, row_of(sel, start, stop - start), m, inv_t, e, row[:0])
-        s1 += np.float64(_block_weighted(e, block, m))
-    return s, s1
-
-
-@building_block
 def _first_max(row, sel, m):
     """The first selected index of the row's maximum ``m``: the first block whose max is m
     (by the vectorised max), then a scan of that block."""
@@ -88,10 +72,11 @@ def _runner_up(row, sel, label):
 
 
 @building_block
-def exp_moments(row, m, inv_t, scratch, ahead):
-    """(sum(e), sum(e * d), sum(e * d**2)) as float64 with d = row - m, e = exp(d * inv_t):
-    the moments of the row under its softmax, unnormalised (E[d] = sum(e * d) / sum(e)),
-    block by block as :func:`_row_confidence`."""
+def exp_moments(row, sel, m, inv_t, scratch, ahead, second):
+    """(sum(e), sum(e * d), sum(e * d**2)) as float64 over the selected elements of a row of
+    finite max ``m``, with d = row - m, e = exp(d * inv_t): the moments of the row under its
+    softmax, unnormalised (E[d] = sum(e * d) / sum(e)), block by block; the last 0 unless
+    ``second``. ``scratch``: BLOCK values for a block's e."""
     s = 0.0
     s1 = 0.0
     s2 = 0.0
@@ -100,9 +85,10 @@ def exp_moments(row, m, inv_t, scratch, ahead):
         prefetch_lines(ahead[start:stop])
         block = row[start:stop]
         e = scratch[:stop - start]
-        s += exp_store_sum(block, None, m, inv_t, e, row[:0])
+        s += exp_store_sum(block, row_of(sel, start, stop - start), m, inv_t, e, row[:0])
         s1 += np.float64(_block_weighted(e, block, m))
-        s2 += np.float64(_block_weighted_square(e, block, m))
+        if second:
+            s2 += np.float64(_block_weighted_square(e, block, m))
     return s, s1, s2
 
 
@@ -127,8 +113,8 @@ def confidence_rows(x, x_stride, mask, mask_stride, n_rows, n_cols, inv_t, label
                 probs[r] = margins[r] = entropies[r] = np.nan
                 lses[r] = m64
                 continue
-            s, s1 = _row_confidence(row, sel, m, cast_like(row, inv_t), scratch,
-                                    next_row(x, r, n_rows, x_stride, n_cols))
+            s, s1, _ = exp_moments(row, sel, m, cast_like(row, inv_t), scratch,
+                                   next_row(x, r, n_rows, x_stride, n_cols), False)
             label = _first_max(row, sel, m)
             labels[r] = label
             runner_up = np.float64(_runner_up(row, sel, label))
@@ -156,8 +142,8 @@ def temperature_nll_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, inv
                 losses[r] = slopes[r] = curvatures[r] = 0.0
                 continue
             row, m = load_max(x[r * x_stride:r * x_stride + n_cols], None, buf)
-            s, s1, s2 = exp_moments(row, m, cast_like(row, inv_t), scratch,
-                                    next_row(x, r, n_rows, x_stride, n_cols))
+            s, s1, s2 = exp_moments(row, None, m, cast_like(row, inv_t), scratch,
+                                    next_row(x, r, n_rows, x_stride, n_cols), True)
             losses[r] = row_loss(row, target, m, s, inv_t, 0.0, n_cols)
             mean_d = s1 / s
             slopes[r] = mean_d + (np.float64(m) - np.float64(row[target]))
