@@ -952,6 +952,84 @@ def check_labels(labels, func, name, n_rows, n_classes, ignore_index=None,
     return t
 
 
+# --- distillation -------------------------------------------------------------------------------
+
+DIVERGENCE_REDUCTIONS = ("batchmean", "sum", "mean", "none")
+
+
+def prepare_distillation(op, student_logits, teacher_logits, *, mode, beta, temperature, where,
+                         reduction, return_grad, grad_out) -> Batch:
+    """Validate a divergence between rows of student and teacher logits of one shape, (rows,
+    classes) or (classes,), computed in the student's compute dtype (the teacher is read in
+    it: half-precision bits widened by the kernel, other dtypes converted), with its gradient
+    with respect to the student's logits on request. ``mode`` and ``beta`` go to the kernels
+    as they are (kernels/distill.py); the loss is T**2 times the divergence, its gradient T
+    times the kernel's, each divided as ``reduction`` says."""
+    func = op.name
+    so = operand(student_logits, func, "student_logits")
+    to = operand(teacher_logits, func, "teacher_logits")
+    s, t = so.array, to.array
+    if s.ndim == 0:
+        raise ValueError(f"{func}: student_logits must have at least one dimension (shape "
+                         "(rows, classes) or (classes,)), got a 0-d array")
+    if s.ndim > 2:
+        raise ValueError(f"{func}: student_logits must have shape (rows, classes) or "
+                         f"(classes,), got {s.shape}")
+    if t.shape != s.shape:
+        raise ValueError(f"{func}: student_logits has shape {s.shape} but teacher_logits has "
+                         f"shape {t.shape}; they must be equal")
+    if s.shape[-1] == 0:
+        raise ValueError(f"{func}: student_logits must have at least one class")
+    compute, result_dtype = dtype_policy(so, None, func)
+    check_choice(reduction, func, "reduction", DIVERGENCE_REDUCTIONS)
+    inv_t = check_temperature(temperature, func, compute)
+    one_row = s.ndim == 1
+    s_rows, t_rows = (s.reshape(1, -1), t.reshape(1, -1)) if one_row else (s, t)
+    n_rows, n_cols = s_rows.shape
+    mask, mask_stride = (None, 0) if where is None else mask_rows(where, s.shape, s.ndim - 1,
+                                                                   func)
+    s_flat, s_stride = rows_of(s_rows, so, compute)
+    t_flat, t_stride = rows_of(t_rows, to, compute)
+    losses = np.empty(n_rows)
+    divisor = {"batchmean": n_rows, "mean": n_rows * n_cols}.get(reduction, 1)
+
+    def loss():
+        if reduction == "none":
+            value = cast_result(losses, result_dtype, so.bits_only)
+            return value[0] if one_row else value
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = losses.sum() / divisor if divisor else np.nan
+        return cast_result(total, result_dtype, so.bits_only)
+
+    temperature_value = 1.0 / inv_t
+    rows = (s_flat, s_stride, t_flat, t_stride, mask, mask_stride, n_rows, n_cols, inv_t, mode,
+            float(beta), temperature_value ** 2)
+    if not (return_grad or grad_out is not None):
+        return Batch(op.kernels[0], rows + (losses,), n_rows, n_cols, loss)
+
+    kernel_dtype = so.half if so.half is not None else compute
+    if grad_out is not None:
+        grad = check_out(grad_out, s.shape, result_dtype, func, "grad_out",
+                         dtype_name=so.result_name())
+        if not grad.flags.c_contiguous:
+            raise ValueError(f"{func}: grad_out must be C-contiguous (or student_logits "
+                             "itself)")
+        if np.may_share_memory(grad, t) or np.may_share_memory(grad, t_flat):
+            raise ValueError(f"{func}: grad_out overlaps teacher_logits; it may be "
+                             "student_logits itself, or memory apart from both")
+    else:
+        grad = np.empty(s.shape, result_dtype)
+    grad_flat, grad_stride = row_layout(grad.view(kernel_dtype).reshape(n_rows, n_cols))
+    in_place = np.may_share_memory(grad_flat, s_flat)
+    if in_place and not (grad_flat.ctypes.data == s_flat.ctypes.data
+                         and grad_stride == s_stride and s_flat.dtype == grad_flat.dtype):
+        raise ValueError(f"{func}: grad_out overlaps student_logits other than exactly")
+    scale = temperature_value * (1.0 / divisor if divisor else 0.0)
+    result = grad_out if grad_out is not None else grad
+    return Batch(op.kernels[1], rows + (scale, losses, None if in_place else grad_flat,
+                                        grad_stride), n_rows, n_cols, lambda: (loss(), result))
+
+
 # --- calibration ------------------------------------------------------------------------------
 
 def prepare_confidence(op, logits, axis, temperature, where, name="logits") -> Batch:

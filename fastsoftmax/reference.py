@@ -20,7 +20,7 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softm
            "cross_entropy", "sampling_probs", "sample", "confidence", "fit_temperature",
            "calibration_error", "reliability", "result_dtype", "Confidence", "Reliability",
            "sparsemax", "entmax15", "entmax_bisect", "sparsemax_backward", "entmax_backward",
-           "sparsemax_loss", "entmax15_loss", "entmax_bisect_loss"]
+           "sparsemax_loss", "entmax15_loss", "entmax_bisect_loss", "kl_div", "jsd"]
 
 # The result types of the calibration functions (fastsoftmax.calibration returns them too).
 Confidence = namedtuple("Confidence", "label prob margin entropy logsumexp")
@@ -616,3 +616,84 @@ def entmax_bisect_loss(logits, targets, alpha=1.5, *, n_iter=50, ignore_index=-1
     gradient ``p - onehot``."""
     return _entmax_loss(logits, targets, alpha, n_iter, ignore_index, reduction, return_grad,
                         grad_out)
+
+
+def _distillation_rows(student_logits, teacher_logits, temperature, where):
+    """The teacher's and the student's log-probabilities (float64 rows, -inf where not
+    selected), the student's probabilities, and the temperature as a float."""
+    T = float(temperature)
+    s = np.atleast_2d(np.asarray(student_logits).astype(np.float64))
+    t = np.atleast_2d(np.asarray(teacher_logits).astype(np.float64))
+    mask = None if where is None else np.broadcast_to(
+        np.asarray(where), np.shape(student_logits)).reshape(s.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_p = log_softmax(t, temperature=T, where=mask)
+        log_q = log_softmax(s, temperature=T, where=mask)
+    return log_p, log_q, np.exp(log_q), T
+
+
+def _weighted(weight, log_ratio):
+    """weight * log_ratio, 0 where the weight is 0 (a log ratio of -inf weighs nothing)."""
+    return np.where(weight != 0, weight * log_ratio, 0.0)
+
+
+def _reduced_divergence(student_logits, per_row, dx, q, T, reduction, return_grad, grad_out):
+    """T**2 * the divergences of rows ``per_row`` reduced, and with ``return_grad`` or
+    ``grad_out`` the gradient T * (dx - q * sum(dx)) scaled as the reduction says."""
+    x = np.asarray(student_logits)
+    out_dtype = result_dtype(x.dtype)
+    per_row = T**2 * per_row
+    n_rows, n_cols = q.shape
+    divisor = {"batchmean": n_rows, "mean": n_rows * n_cols}.get(reduction, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if reduction == "none":
+            loss = per_row.astype(out_dtype)
+            loss = loss[0] if x.ndim == 1 else loss
+        else:
+            loss = out_dtype.type(per_row.sum() / divisor if divisor else np.nan)
+        if not (return_grad or grad_out is not None):
+            return loss
+        total = np.sum(dx, axis=-1, keepdims=True)
+        grad = T * (dx - q * total) * (1.0 / divisor if divisor else 0.0)
+    grad = grad.reshape(x.shape)
+    if grad_out is not None:
+        grad_out[...] = grad
+        return loss, grad_out
+    return loss, grad.astype(out_dtype)
+
+
+def kl_div(student_logits, teacher_logits, *, temperature=1.0, reverse=False, where=None,
+           reduction="batchmean", return_grad=False, grad_out=None):
+    """Reference distillation loss ``T**2 * KL(p || q)``, ``p = softmax(teacher / T)``,
+    ``q = softmax(student / T)`` (``reverse``: ``KL(q || p)``), and its gradient with respect
+    to the student's logits, ``T * (q - p)`` (reversed: ``T * q * (log q - log p - KL)``), in
+    float64. A term whose weight (p, or q reversed) is 0 is 0."""
+    log_p, log_q, q, T = _distillation_rows(student_logits, teacher_logits, temperature, where)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if reverse:
+            dx = _weighted(q, log_q - log_p)
+            per_row = dx.sum(axis=-1)
+        else:
+            p = np.exp(log_p)
+            per_row = _weighted(p, log_p - log_q).sum(axis=-1)
+            dx = -p
+    return _reduced_divergence(student_logits, per_row, dx, q, T, reduction, return_grad,
+                               grad_out)
+
+
+def jsd(student_logits, teacher_logits, *, beta=0.5, temperature=1.0, where=None,
+        reduction="batchmean", return_grad=False, grad_out=None):
+    """Reference generalised Jensen-Shannon divergence ``T**2 * (beta * KL(p || m) + (1 -
+    beta) * KL(q || m))``, ``m = beta * p + (1 - beta) * q``, and its gradient with respect to
+    the student's logits, in float64; beta 0 and 1 are :func:`kl_div` forward and reversed."""
+    if beta in (0, 1):
+        return kl_div(student_logits, teacher_logits, temperature=temperature,
+                      reverse=beta == 1, where=where, reduction=reduction,
+                      return_grad=return_grad, grad_out=grad_out)
+    log_p, log_q, q, T = _distillation_rows(student_logits, teacher_logits, temperature, where)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_m = np.logaddexp(log_p + np.log(beta), log_q + np.log1p(-beta))
+        dx = (1 - beta) * _weighted(q, log_q - log_m)
+        per_row = (beta * _weighted(np.exp(log_p), log_p - log_m) + dx).sum(axis=-1)
+    return _reduced_divergence(student_logits, per_row, dx, q, T, reduction, return_grad,
+                               grad_out)

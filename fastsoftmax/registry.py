@@ -17,8 +17,9 @@ from typing import Callable
 import numpy as np
 
 from . import arguments, reference
-from .kernels import calibration, grad, sampling, softmax, sparse
+from .kernels import calibration, distill, grad, sampling, softmax, sparse
 from .kernels.jit import KernelPair
+from .tensors import is_tensor
 
 BUILDS = ("serial", "parallel", "split")
 
@@ -129,6 +130,26 @@ def _drawn_labels(x) -> np.ndarray:
         uniform = np.clip(rng.random(block.shape, np.float32), tiny, 1 - 2**-24)
         labels[start:start + 4096] = np.argmax(block / 2 - np.log(-np.log(uniform)), axis=-1)
     return labels
+
+
+def _teacher(x):
+    """Teacher logits for the student rows ``x``: its classes rotated by one, in the same
+    type and dtype (an ndarray, a tensor, bfloat16 bits), so that each pair of rows differs."""
+    if isinstance(x, arguments.Bfloat16Bits):
+        return arguments.Bfloat16Bits(np.roll(x.bits, 1, axis=-1))
+    if is_tensor(x):
+        return x.roll(1, -1)
+    return np.roll(x, 1, axis=-1)
+
+
+def _distillation_calls(*options):
+    """The example calls of a distillation loss: the loss, then the loss and its gradient
+    with each of ``options``."""
+    return ((lambda x: ((x, _teacher(x)), {}),)
+            + tuple((lambda x, o=o: ((x, _teacher(x)), dict(o, return_grad=True)))
+                    for o in options))
+
+
 def _row_alphas(x) -> np.ndarray:
     """One α per row of ``x``: softmax's 1, sparsemax's 2 and others between and beyond."""
     rows = np.shape(x)[:-1]
@@ -229,6 +250,15 @@ OPERATIONS = {op.name: op for op in (
         "entmax_bisect_loss", reference.entmax_bisect_loss,
         (sparse.entmax_loss_rows, sparse.entmax_loss_grad_rows),
         _loss_calls(row_alphas=True), reduces=True),
+    # distillation: a student's logits (the first argument, the gradient's) and a teacher's
+    Operation(
+        "kl_div", reference.kl_div, (distill.distill_rows, distill.distill_grad_rows),
+        _distillation_calls({"temperature": 2.0}, {"reverse": True}), reduces=True,
+        bench={"kl_div": {}, "kl_div_grad": {"return_grad": True}}, peers=("torch",)),
+    Operation(
+        "jsd", reference.jsd, (distill.distill_rows, distill.distill_grad_rows),
+        _distillation_calls({"beta": 0.3, "temperature": 2.0}), reduces=True,
+        bench={"jsd": {}, "jsd_grad": {"return_grad": True}}, peers=("torch",)),
 )}
 
 

@@ -58,6 +58,12 @@ CASES = {
     "sparsemax_loss": Case(({}, {IN_PLACE: "grad_out"}), specials=False),
     "entmax15_loss": Case(({}, {IN_PLACE: "grad_out"}), specials=False),
     "entmax_bisect_loss": Case(({}, {"alpha": 1.75}, {IN_PLACE: "grad_out"}), specials=False),
+    # the teacher is the student's row rotated (registry._teacher); tests/test_distill.py
+    # checks the special values one by one
+    "kl_div": Case(({}, {WHERE: True}, {"temperature": 0.7, "reverse": True},
+                    {"reduction": "none"}, {IN_PLACE: "grad_out"}), specials=False),
+    "jsd": Case(({}, {WHERE: True}, {"beta": 0.8, "temperature": 0.7}, {"reduction": "mean"},
+                 {IN_PLACE: "grad_out"}), specials=False),
 }
 
 

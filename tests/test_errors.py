@@ -130,8 +130,8 @@ def _calls_with(name, mistake):
     if mistake == "not an array":
         return (object(),) + args[1:], kwargs, TypeError, f"{name}: {first} must be"
     if mistake == "a scalar":
-        if "targets" in parameters or name in ("confidence", "fit_temperature",
-                                               "calibration_error", "reliability"):
+        if "targets" in parameters or "teacher_logits" in parameters or name in (
+                "confidence", "fit_temperature", "calibration_error", "reliability"):
             return None  # logits of rows of classes: their own message, "at least one
             #              dimension" (and a scalar is the target of 1-D logits there)
         scalars = tuple(np.float64(1.0) if np.shape(a) == np.shape(args[0]) else a for a in args)

@@ -321,8 +321,10 @@ def test_a_tensor_out_is_written_in_place(torch, name, dtype_name):
             wanted = want[written] if isinstance(want, tuple) else want
             out = as_tensor(torch, np.zeros_like(np.asarray(wanted)))
             pointer = out.data_ptr()
-            t_args = [tensor_of_the_same_values(torch, a) if a is x else
-                      (torch.from_numpy(a) if isinstance(a, np.ndarray) else a) for a in args]
+            # x, and arrays of its values (a teacher's logits), as the caller's tensors
+            t_args = [tensor_of_the_same_values(torch, a) if a is x or isinstance(
+                a, np.ndarray) and a.dtype == x.dtype else
+                (torch.from_numpy(a) if isinstance(a, np.ndarray) else a) for a in args]
             t_kwargs = {k: tensor_of_the_same_values(torch, v) if isinstance(v, np.ndarray)
                         and v.dtype == x.dtype else v for k, v in kwargs.items()}  # weights
             got = function(*t_args, **dict(t_kwargs, **{keyword: out}))

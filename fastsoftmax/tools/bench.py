@@ -45,6 +45,10 @@ QUICK_DECODE_CASES = tuple(
      for shape in DECODE_SHAPES]
     + [(function, shape, "float32") for function in ("sample_top_k", "sample_top_p")
        for shape in ((1, 128256), (64, 128256))])
+# with --quick: the distillation losses on the issue's training batch (against PyTorch's
+# F.kl_div and autograd), time and peak memory
+QUICK_DISTILL_CASES = tuple((function, (2048, 32000), "float32")
+                            for function in ("kl_div", "kl_div_grad", "jsd", "jsd_grad"))
 FULL_SHAPES = ((1, 1000), (1024, 1000), (65536, 128), (16, 262144), (1, 4194304),
                (2048, 32000), (256, 128256))
 
@@ -80,6 +84,7 @@ class Timing:
     calls_per_round: int
     rounds: int
     pct_compute: float = math.nan  # of the compute roofline (older JSON files lack it)
+    peak_bytes: int | None = None  # memory one call holds at its peak (:func:`peak_memory`)
 
 
 @dataclass
@@ -152,6 +157,42 @@ def _runs_parallel(flat: np.ndarray) -> bool:
     return flat.size > plan.SERIAL_MAX_ELEMENTS and parallel_available()
 
 
+def _resident(field: str) -> int | None:
+    """A field of /proc/self/status in bytes (VmRSS, VmHWM), or None off Linux."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_memory(fn) -> int:
+    """Bytes one call of ``fn`` holds at its peak beyond what was held before: the
+    allocations tracemalloc sees (NumPy's, and Numba's scratch), or the growth of the
+    process's resident memory (its high-water mark, reset first) where that is larger:
+    PyTorch allocates outside tracemalloc's sight, and tracemalloc counts pages never
+    touched."""
+    import tracemalloc
+    before = _resident("VmRSS")
+    try:  # reset the high-water mark of the resident memory (Linux)
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        before = None
+    tracemalloc.start()
+    try:
+        fn()
+        _, traced = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    high = _resident("VmHWM")
+    grown = high - before if before is not None and high is not None else 0
+    return max(traced, grown)
+
+
 def measure_roofline(function: str, x: np.ndarray, repeat: int) -> float:
     """GB/s of the simplest pass over the same bytes: scale-and-copy, or a read-only sum."""
     from .roofline import scale_copy, sum_all
@@ -219,7 +260,8 @@ def run_case(case: Case, implementations, repeat: int, seed: int = 0,
         result.timings[name] = Timing(statistics.median(samples), best, gbps,
                                       100.0 * gbps / result.roofline_gbps, calls[name],
                                       len(samples),
-                                      100.0 * x.size / best / 1e9 / result.compute_gelems)
+                                      100.0 * x.size / best / 1e9 / result.compute_gelems,
+                                      peak_memory(callables[name]))
     for ours, ratios in (("fastsoftmax", result.ratios), ("fastsoftmax out=", result.ratios_out)):
         if ours in result.timings:
             for name in peers.PEERS:
@@ -328,12 +370,20 @@ def _format_time(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
+def _format_bytes(n) -> str:
+    if n is None:
+        return "—"
+    if n < 1 << 20:
+        return f"{n / 1024:.0f} KB"
+    return f"{n / (1 << 20):.1f} MB"
+
+
 def table_rows(results):
     """Rows (as lists of strings) of the summary table, and its header."""
     peer_names = [name for name in peers.PEERS
                   if any(name in r.timings for r in results)]
     header = ["function", "shape", "dtype", "variant", "median", "min", "GB/s", "% roofline",
-              "% compute"]
+              "% compute", "peak"]
     header += [f"× {name}" for name in peer_names]
     rows = []
     for r in results:
@@ -345,7 +395,8 @@ def table_rows(results):
             variant = "allocating" if ours == "fastsoftmax" else "out="
             row = [r.function, shape, r.dtype, variant, _format_time(t.median_s),
                    _format_time(t.min_s), f"{t.gbps:.1f}", f"{t.pct_roofline:.0f}%",
-                   "—" if math.isnan(t.pct_compute) else f"{t.pct_compute:.0f}%"]
+                   "—" if math.isnan(t.pct_compute) else f"{t.pct_compute:.0f}%",
+                   _format_bytes(t.peak_bytes)]
             row += [f"{ratios[name]:.2f}" if name in ratios else "—" for name in peer_names]
             rows.append(row)
     return header, rows

@@ -100,6 +100,7 @@ def bench_cases(args) -> list:
                   if _half_dtype_available(case[2])]
         cases += [bench.Case(*case) for case in bench.QUICK_DECODE_CASES]
         cases += [bench.Case(*case) for case in bench.QUICK_SPARSE_CASES]
+        cases += [bench.Case(*case) for case in bench.QUICK_DISTILL_CASES]
     return cases
 
 

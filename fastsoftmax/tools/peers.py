@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 from typing import Callable
 
 import numpy as np
@@ -97,12 +98,14 @@ def _out_argument(op, kwargs):
 
 
 def result_bytes(case: str, x: np.ndarray) -> int:
-    """Bytes one call moves at least: the input read once and the result written once (for
-    cases whose result is a few bytes a row, the input read once)."""
+    """Bytes one call moves at least: the inputs of the shape of ``x`` (the logits; a
+    teacher's too) read once and the result written once (for cases whose result is a few
+    bytes a row, the inputs read once)."""
     op, kwargs = CASES[case]
+    read = sum(np.asarray(a).nbytes for a in op.calls[0](x)[0] if np.shape(a) == x.shape)
     if op.reduces and not kwargs.get("return_grad"):
-        return x.nbytes + (x.size // max(x.shape[-1], 1)) * x.itemsize
-    return 2 * x.nbytes
+        return read + (x.size // max(x.shape[-1], 1)) * x.itemsize
+    return read + x.nbytes
 
 
 def _call(function, case, x, make=None):
@@ -232,6 +235,28 @@ def torch_fit_temperature(logits, labels):
     return float(temperature.detach())
 
 
+def torch_distillation(name, student, teacher, *, temperature=1.0, reverse=False, beta=0.5):
+    """A distillation loss as it is written in PyTorch, "batchmean": Hinton's ``T**2 *
+    F.kl_div(F.log_softmax(s / T), F.log_softmax(t / T), log_target=True)`` (reversed: the
+    two swapped), or TRL's ``generalized_jsd_loss`` (the log of the mixture by logsumexp,
+    then two ``F.kl_div``)."""
+    import torch
+    import torch.nn.functional as F
+    log_q = F.log_softmax(student / temperature, dim=-1)
+    log_p = F.log_softmax(teacher / temperature, dim=-1)
+    rows = student.shape[0]
+    if name == "kl_div" or beta in (0.0, 1.0):
+        if reverse or (name == "jsd" and beta == 1.0):
+            log_q, log_p = log_p, log_q
+        divergence = F.kl_div(log_q, log_p, reduction="sum", log_target=True)
+    else:
+        log_m = torch.logsumexp(torch.stack([log_q + math.log1p(-beta),
+                                             log_p + math.log(beta)]), dim=0)
+        divergence = (beta * F.kl_div(log_m, log_p, reduction="sum", log_target=True)
+                      + (1 - beta) * F.kl_div(log_m, log_q, reduction="sum", log_target=True))
+    return temperature**2 * divergence / rows
+
+
 def _torch(case, x):
     op, kwargs = CASES[case]
     if "torch" not in op.peers:
@@ -256,6 +281,21 @@ def _torch(case, x):
             leaf.grad = None
             loss = F.cross_entropy(leaf, targets)
             loss.backward()
+            return leaf.grad
+        return forward_backward
+    if op.name in ("kl_div", "jsd"):
+        teacher = as_tensor(np.ascontiguousarray(op.calls[0](x)[0][1]))
+        options = {k: v for k, v in kwargs.items() if k != "return_grad"}
+        if not kwargs.get("return_grad"):
+            def loss():  # an evaluation: no graph recorded
+                with torch.no_grad():
+                    return torch_distillation(op.name, tensor, teacher, **options)
+            return loss
+        leaf = tensor.clone().requires_grad_(True)
+
+        def forward_backward():  # a training step: loss, then backward to the student
+            leaf.grad = None
+            torch_distillation(op.name, leaf, teacher, **options).backward()
             return leaf.grad
         return forward_backward
     fn = getattr(torch, op.name)
