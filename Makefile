@@ -41,11 +41,16 @@ install-torch: install ## add PyTorch 2.13 (CPU build) only
 install-jax: install ## add JAX (CPU) only
 	$(BIN)/python -m pip install --quiet '$(JAX)'
 
+# Tests run in one process per core (pytest-xdist): most of their time is Numba compiling
+# kernels, one thread each, and the kernel cache on disk is shared between the processes.
+# TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= auto
+
 test: install-peers ## run the test suite, PyTorch and JAX included (benchmarks run once each, untimed)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS)
 
 test-slow: install-peers ## run the whole suite, the slow tests too
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 coverage: install ## tests without the JIT (kernel bodies run as Python) under coverage; report
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m coverage run --source=fastsoftmax -m pytest -q tests -m "not slow"
