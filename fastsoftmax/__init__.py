@@ -13,11 +13,11 @@ from .calibration import (Confidence, Reliability, calibration_error, confidence
                           fit_temperature, reliability)
 from .gradients import cross_entropy, log_softmax_backward, softmax_backward
 from .parallel import threads
-from .sampling import sample
+from .sampling import Sampled, sample
 
 __version__ = "0.1.0"
 __all__ = [
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
     "cross_entropy", "sample", "confidence", "fit_temperature", "calibration_error",
-    "reliability", "Confidence", "Reliability", "warmup", "threads", "reference", "__version__",
+    "reliability", "Confidence", "Reliability", "Sampled", "warmup", "threads", "reference", "__version__",
 ]

@@ -156,7 +156,7 @@ OPERATIONS = {op.name: op for op in (
         reduces=True, bench={"cross_entropy": {}, "cross_entropy_grad": {"return_grad": True}},
         peers=("torch",)),
     Operation(
-        "sample", reference.sample, (sampling.sample_rows, sampling.greedy_rows),
+        "sample", reference.sample, (sampling.sample_rows,),
         (lambda x: ((x,), {"temperature": 0.8, "top_p": 0.9, "seed": 0}),
          lambda x: ((x,), {"temperature": 0})),
         reduces=True,
