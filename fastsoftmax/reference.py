@@ -413,15 +413,26 @@ def sampling_probs(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=Non
     return _shaped(probs, np.asarray(logits), axis)
 
 
+def _splitmix_uniform(seed: int) -> float:
+    """SplitMix64's output for counter ``seed`` (Python integers, modulo 2**64), its top 53
+    bits over 2**53."""
+    mask = 2**64 - 1
+    z = (seed + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    return (z >> 11) / 2.0**53
+
+
 def _uniforms(seed, row_shape):
     """One uniform number per row: from one stream (an int, None, a Generator), rows in
-    order, or the first number of ``default_rng(seed[r])`` for one int per row."""
+    order, or SplitMix64 of ``seed[r]`` for one int per row."""
     n_rows = int(np.prod(row_shape))
     if isinstance(seed, np.random.Generator):
         return seed.random(n_rows)
     if np.ndim(seed) == 0:
         return np.random.default_rng(seed).random(n_rows)
-    return np.array([np.random.default_rng(int(s)).random() for s in np.ravel(seed)])
+    return np.array([_splitmix_uniform(int(s)) for s in np.ravel(seed)])
 
 
 def _log_softmax_rows(z):

@@ -49,8 +49,11 @@ def test_default_cases():
     half = [c for c in cases if c.dtype == "bfloat16"]  # the LLM-sized bfloat16 case
     assert [(c.function, c.shape) for c in half] == [(f, s) for f, s, _ in
                                                      bench.QUICK_HALF_CASES]
-    float32 = [c for c in cases if c.dtype == "float32"]
-    assert len(float32) + len(half) == len(cases)
+    sampling = [c for c in cases if c.function.startswith("sample")]  # a decode step
+    assert [(c.function, c.shape, c.dtype) for c in sampling] == list(
+        bench.QUICK_SAMPLING_CASES)
+    float32 = [c for c in cases if c.dtype == "float32" and c not in sampling]
+    assert len(float32) + len(half) + len(sampling) == len(cases)
     assert {c.shape for c in float32} == set(bench.QUICK_SHAPES)
     assert cli.startup_dtypes(cases) == ["float32"]  # make bench --startup: no bfloat16
     args = cli.build_parser().parse_args(["bench"])

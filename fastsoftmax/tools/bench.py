@@ -31,6 +31,10 @@ QUICK_SHAPES = ((1, 1000), (1024, 1000), (16, 262144), (2048, 32000))
 QUICK_DTYPES = ("float32",)
 # with --quick: also an LLM-sized bfloat16 batch (a PyTorch tensor when torch is installed)
 QUICK_HALF_CASES = (("softmax", (256, 128256), "bfloat16"),)
+# with --quick: a serving engine's decode step, one sampling call on a 64-request batch of a
+# 128K vocabulary: one set of parameters, every row's own with penalties, and with logprobs
+QUICK_SAMPLING_CASES = tuple((case, (64, 128256), "float32") for case in (
+    "sample_uniform", "sample_mixed", "sample_mixed_logprobs"))
 FULL_SHAPES = ((1, 1000), (1024, 1000), (65536, 128), (16, 262144), (1, 4194304),
                (2048, 32000), (256, 128256))
 

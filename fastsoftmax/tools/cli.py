@@ -98,6 +98,7 @@ def bench_cases(args) -> list:
     if args.quick and not (args.functions or args.shapes or args.dtypes):
         cases += [bench.Case(*case) for case in bench.QUICK_HALF_CASES
                   if _half_dtype_available(case[2])]
+        cases += [bench.Case(*case) for case in bench.QUICK_SAMPLING_CASES]
     return cases
 
 
