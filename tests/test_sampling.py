@@ -368,14 +368,20 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("logits, kwargs, exc, words", BAD_CALLS)
-def test_bad_calls(logits, kwargs, exc, words):
+def assert_sample_refuses(logits, kwargs, exc, words):
+    """``sample(logits, **kwargs)`` raises ``exc`` with a message naming every one of
+    ``words``."""
     with pytest.raises(exc) as info:
         fastsoftmax.sample(logits, **kwargs)
     message = str(info.value)
     assert message.startswith("sample: "), message
     for word in words:
         assert word in message, f"{message!r} does not name {word!r}"
+
+
+@pytest.mark.parametrize("logits, kwargs, exc, words", BAD_CALLS)
+def test_bad_calls(logits, kwargs, exc, words):
+    assert_sample_refuses(logits, kwargs, exc, words)
 
 
 def test_reference_rejects_what_sample_rejects():

@@ -311,6 +311,26 @@ def kept_entropy(p, row, t, m, inv_t, mass):
     return np.log(mass) - total / mass
 
 
+@reduction
+def _block_smallest_at_least(block, t):
+    # the smallest value >= t (+inf if none), as a max of negated values: maximum vectorises
+    m = cast_like(block, -np.inf)
+    neg_inf = cast_like(block, -np.inf)
+    for j in range(block.size):
+        v = block[j]
+        m = maximum(m, -v if v >= t else neg_inf)
+    return m
+
+
+@building_block
+def smallest_at_least(p, t):
+    """The smallest value of ``p`` at least ``t`` (+inf if none)."""
+    m = cast_like(p, -np.inf)
+    for start in range(0, p.size, BLOCK):
+        m = maximum(m, _block_smallest_at_least(p[start:min(start + BLOCK, p.size)], t))
+    return -m
+
+
 @building_block
 def band_edges(p, c, tau, t):
     """The values of ``p`` whose distance ``|log(p / c)|`` is at most ``tau``: the interval
@@ -332,7 +352,10 @@ def typical_band(p, row, t, top, m, inv_t, mass, typical_p, buffer):
     target = typical_p * mass
     c = mass * np.exp(-kept_entropy(p, row, t, m, inv_t, mass))
     tau_lo = 0.0
-    tau_hi = max(np.log(1.0 / c), np.log(c / np.float64(t)), 0.0) * 1.0000001 + 1e-300
+    # the farthest kept value from c: the largest (1) or the smallest (not t: that may be far
+    # below every value, e.g. the smallest subnormal)
+    smallest = smallest_at_least(p, t)
+    tau_hi = max(np.log(1.0 / c), np.log(c / np.float64(smallest)), 0.0) * 1.0000001 + 1e-300
     lo_lo, hi_lo = band_edges(p, c, tau_lo, t)
     w_lo = band_mass(p, lo_lo, hi_lo)
     if w_lo >= target:
