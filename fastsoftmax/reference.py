@@ -303,7 +303,8 @@ def _edited(rows, counts, bias, repetition, presence, frequency):
     """The logits after the bias, then the penalties of the tokens seen (vLLM's order):
     repetition (a positive logit divided, another multiplied), frequency times the count and
     presence subtracted."""
-    v = rows + bias
+    with np.errstate(invalid="ignore"):
+        v = np.where(bias == -np.inf, -np.inf, rows + bias)  # -inf bans, even +inf or NaN
     seen = counts > 0
     rep = repetition[:, None]
     with np.errstate(invalid="ignore"):

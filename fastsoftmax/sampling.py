@@ -70,7 +70,7 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, typic
     logit_bias : dict, sequence of dicts, or array_like, optional
         Added to the logits before the penalties: ``{token: bias}`` for every row, one such
         dict (or None) per row, or an array broadcastable to ``logits``. Biases are finite or
-        -inf (a banned token).
+        -inf: a banned token, whose logit becomes -inf whatever it was (+inf or NaN too).
     where : array_like of bool, optional
         Broadcastable to ``logits``; False entries are never drawn (constrained decoding) and
         are left out of every statistic (their log-probability is -inf).

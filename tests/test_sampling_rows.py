@@ -515,3 +515,12 @@ def test_top_k_zero_or_none_is_off():
     off = fastsoftmax.sample(x, seed=3)
     np.testing.assert_array_equal(fastsoftmax.sample(x, seed=3, top_k=0), off)
     np.testing.assert_array_equal(fastsoftmax.sample(x, seed=3, top_k=np.zeros(50, int)), off)
+
+
+def test_a_banned_token_is_banned_whatever_its_logit():
+    # +inf + -inf would be NaN (an error): a ban is a ban, as a mask is
+    x = np.array([[np.inf, 0.0, 1.0], [np.nan, 0.0, 1.0], [np.inf, np.inf, 0.0]])
+    drawn = fastsoftmax.sample(x, logit_bias={0: -np.inf}, seed=np.arange(3), temperature=0)
+    assert drawn.tolist() == [2, 2, 1]
+    assert reference.sample(x, logit_bias={0: -np.inf}, seed=np.arange(3),
+                            temperature=0).tolist() == [2, 2, 1]

@@ -497,14 +497,16 @@ def filtered_band(p, row, sel, m, inv_t, params, top_k, buffer):
 @building_block
 def apply_edits(v, bias_tokens, bias_values, b0, b1, history, h0, h1, counts, params):
     """Edit ``v``, the row's logits in a scratch row (the caller's logits are never written):
-    add the biases of ``bias_tokens[b0:b1]``, then penalise each distinct token of
+    add the biases of ``bias_tokens[b0:b1]`` (-inf: the logit becomes -inf), then penalise each distinct token of
     ``history[h0:h1]`` once, as vLLM does: repetition (CTRL: a positive logit divided by the
     penalty, another multiplied), then the frequency penalty times its count and the presence
     penalty subtracted. Each edit is computed in float64 and rounded once. ``counts``: zeros
     of the row's length, left zero."""
     for i in range(b0, b1):
         j = bias_tokens[i]
-        v[j] = cast_like(v, np.float64(v[j]) + bias_values[i])
+        bias = bias_values[i]
+        # -inf bans the token whatever its logit (+inf + -inf would be NaN: an error)
+        v[j] = cast_like(v, np.float64(v[j]) + bias if bias > -np.inf else bias)
     repetition = params[REPETITION]
     presence = params[PRESENCE]
     frequency = params[FREQUENCY]
