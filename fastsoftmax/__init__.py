@@ -19,5 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
     "cross_entropy", "sample", "confidence", "fit_temperature", "calibration_error",
-    "reliability", "Confidence", "Reliability", "Sampled", "warmup", "threads", "reference", "__version__",
+    "reliability", "Confidence", "Reliability", "Sampled", "warmup", "threads", "reference",
+    "__version__",
 ]

@@ -893,15 +893,6 @@ def prepare_temperature_fit(op, logits, labels, ignore_index, bounds, tol) -> tu
 
 # --- sampling -----------------------------------------------------------------------------------
 
-class SamplingOptions:
-    """The per-row options of a sampling call, as the kernel takes them: a float64 array of
-    ``N_PARAMS`` columns (kernels/sampling.py), top-k, and the edits of each row (history
-    tokens and biases as flat arrays with each row's ``[start, end)``)."""
-
-    __slots__ = ("params", "top_k", "history", "history_bounds", "bias_tokens",
-                 "bias_values", "bias_bounds")
-
-
 def _row_name(name: str, flat_row: int, row_shape) -> str:
     """``name[3]``, or ``name[1, 2]`` for a batch of more than one dimension."""
     index = np.unravel_index(flat_row, row_shape) if len(row_shape) > 1 else (flat_row,)

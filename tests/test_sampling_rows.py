@@ -247,7 +247,7 @@ def test_a_banned_token_is_never_drawn_and_a_row_of_them_is_an_error():
         fastsoftmax.sample(x[:1], logit_bias={0: -np.inf, 1: -np.inf, 2: -np.inf})
 
 
-# --- typical-p and top-n-sigma ---------------------------------------------------------------------
+# --- typical-p and top-n-sigma -----------------------------------------------------------------
 
 def hugging_face_typical(scores, mass):
     """transformers' TypicalLogitsWarper.__call__ (min_tokens_to_keep=1), in PyTorch: the
@@ -444,7 +444,7 @@ def test_a_serving_batch_of_a_large_vocabulary():
     np.testing.assert_allclose(got.top_logprobs, want.top_logprobs, rtol=1e-5)
 
 
-# --- errors ----------------------------------------------------------------------------------------
+# --- errors ------------------------------------------------------------------------------------
 
 x3 = np.zeros((3, 4))
 BAD_CALLS = [

@@ -341,10 +341,11 @@ def band_edges(p, c, tau, t):
 @building_block
 def typical_band(p, row, t, top, m, inv_t, mass, typical_p, buffer):
     """Locally typical sampling (Meister et al. 2023; Hugging Face's ``TypicalLogitsWarper``)
-    over the values of ``p`` in ``[t, top]`` (mass ``mass``): rank them by ``|-log q - H|`` (``q = p / mass``,
-    ``H`` its entropy) and keep the smallest set of the best ranked reaching ``typical_p`` of
-    the mass, and every value tied with the last one. With ``c = mass e**-H``, that distance is
-    ``|log(p / c)|``, so the kept values form an interval of ``p``: returned as ``(lo, hi)``.
+    over the values of ``p`` in ``[t, top]`` (mass ``mass``): rank them by ``|-log q - H|``
+    (``q = p / mass``, ``H`` its entropy) and keep the smallest set of the best ranked
+    reaching ``typical_p`` of the mass, and every value tied with the last one. With
+    ``c = mass e**-H``, that distance is ``|log(p / c)|``, so the kept values form an
+    interval of ``p``: returned as ``(lo, hi)``.
 
     The interval's half-width ``tau`` (in log space) is bisected, a pass of masses and counts
     a step, until at most ``buffer.size`` values lie between the bounds; those are gathered,
@@ -497,11 +498,11 @@ def filtered_band(p, row, sel, m, inv_t, params, top_k, buffer):
 @building_block
 def apply_edits(v, bias_tokens, bias_values, b0, b1, history, h0, h1, counts, params):
     """Edit ``v``, the row's logits in a scratch row (the caller's logits are never written):
-    add the biases of ``bias_tokens[b0:b1]`` (-inf: the logit becomes -inf), then penalise each distinct token of
-    ``history[h0:h1]`` once, as vLLM does: repetition (CTRL: a positive logit divided by the
-    penalty, another multiplied), then the frequency penalty times its count and the presence
-    penalty subtracted. Each edit is computed in float64 and rounded once. ``counts``: zeros
-    of the row's length, left zero."""
+    add the biases of ``bias_tokens[b0:b1]`` (-inf: the logit becomes -inf), then penalise
+    each distinct token of ``history[h0:h1]`` once, as vLLM does: repetition (CTRL: a
+    positive logit divided by the penalty, another multiplied), then the frequency penalty
+    times its count and the presence penalty subtracted. Each edit is computed in float64
+    and rounded once. ``counts``: zeros of the row's length, left zero."""
     for i in range(b0, b1):
         j = bias_tokens[i]
         bias = bias_values[i]
