@@ -141,7 +141,7 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, typic
     >>> int(sample([0.0, 0.0, 5.0], where=[True, True, False], temperature=0))
     0
     >>> sample(logits, temperature=[0.0, 1.0], top_k=[0, 1], seed=[7, 8])  # one value a row
-    array([1, 0])
+    array([1, 1])
     >>> sample(logits, temperature=0, previous_tokens=[[1, -1], [0, 0]],
     ...        repetition_penalty=4.0).tolist()       # 3 / 4 < 2; 0.5 / 4 < 0.5
     [2, 1]
