@@ -14,7 +14,7 @@ from .calibration import (Confidence, Reliability, calibration_error, confidence
 from .distillation import jsd, kl_div
 from .gradients import cross_entropy, log_softmax_backward, softmax_backward
 from .parallel import threads
-from .sampling import sample
+from .sampling import Sampled, sample
 from .sparse import (entmax15, entmax15_loss, entmax_backward, entmax_bisect,
                      entmax_bisect_loss, sparsemax, sparsemax_backward, sparsemax_loss)
 
@@ -22,7 +22,8 @@ __version__ = "0.1.0"
 __all__ = [
     "softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward",
     "cross_entropy", "sample", "confidence", "fit_temperature", "calibration_error",
-    "reliability", "Confidence", "Reliability", "sparsemax", "entmax15", "entmax_bisect",
-    "sparsemax_backward", "entmax_backward", "sparsemax_loss", "entmax15_loss",
-    "entmax_bisect_loss", "kl_div", "jsd", "warmup", "threads", "reference", "__version__",
+    "reliability", "Confidence", "Reliability", "Sampled", "sparsemax", "entmax15",
+    "entmax_bisect", "sparsemax_backward", "entmax_backward", "sparsemax_loss",
+    "entmax15_loss", "entmax_bisect_loss", "kl_div", "jsd", "warmup", "threads", "reference",
+    "__version__",
 ]

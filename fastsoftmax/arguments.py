@@ -28,6 +28,7 @@ from .kernels import halfbits
 from .kernels.halfbits import BFLOAT16_BITS, FLOAT16_BITS
 from .kernels.calibration import NO_LABEL
 from .kernels.jit import KernelPair
+from .kernels import sampling as sampling_kernels
 from .kernels.sampling import EMPTY_ROW, NAN_ROW
 
 COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -431,16 +432,21 @@ def cast_result(values, dtype: np.dtype, bits_only: bool):
     return values.astype(dtype)[()]
 
 
+def broadcast_argument(value: np.ndarray, x_shape, func: str, name: str, x_name: str):
+    """``value`` broadcast to ``x_shape`` (ValueError naming both shapes otherwise)."""
+    try:
+        return np.broadcast_to(value, x_shape)
+    except ValueError:
+        raise ValueError(f"{func}: {name} has shape {value.shape}, which does not broadcast to "
+                         f"the shape of {x_name} {tuple(x_shape)}") from None
+
+
 def mask_rows(where, x_shape, axis, func: str):
     """(flat rows, row stride) of the boolean ``where`` broadcast to ``x_shape``."""
     mask = np.asarray(where)
     if mask.dtype != np.bool_:
         raise TypeError(f"{func}: where must be a boolean array, got dtype {mask.dtype}")
-    try:
-        mask = np.broadcast_to(mask, x_shape)
-    except ValueError:
-        raise ValueError(f"{func}: where has shape {mask.shape}, which does not broadcast to "
-                         f"the shape of x {x_shape}") from None
+    mask = broadcast_argument(mask, x_shape, func, "where", "x")
     if axis is None and not mask.flags.c_contiguous:
         mask = np.ascontiguousarray(mask)
     return _flat_rows(move_axis_last(mask, axis))
@@ -1139,40 +1145,369 @@ def prepare_temperature_fit(op, logits, labels, ignore_index, bounds, tol) -> tu
 
 # --- sampling -----------------------------------------------------------------------------------
 
-def prepare_sample(op, logits, *, temperature, top_k, top_p, min_p, where, seed, axis) -> Batch:
-    """Validate a sampling call as rows of logits with one uniform number each."""
+def _row_name(name: str, flat_row: int, row_shape) -> str:
+    """``name[3]``, or ``name[1, 2]`` for a batch of more than one dimension."""
+    index = np.unravel_index(flat_row, row_shape) if len(row_shape) > 1 else (flat_row,)
+    return f"{name}[{', '.join(str(int(i)) for i in index)}]"
+
+
+def per_row(value, func: str, name: str, row_shape, check, accept=None, transform=None,
+            kinds="iuf") -> np.ndarray:
+    """A scalar or array-like argument as one float64 value per row (flat, in row order).
+    ``check(value, name)`` validates one value (its kernel value, or TypeError/ValueError
+    naming ``name``); an array must have the batch's row shape, and its first bad value is
+    named with its row. A numeric array is checked at once by ``accept`` (a vectorised
+    predicate) and converted by ``transform``, where given: a batch of 64 rows pays no
+    Python loop (``kinds``: the dtype kinds that path takes)."""
+    n_rows = math.prod(row_shape)
+    if value is None or _is_real(value) or isinstance(value, (bool, np.bool_, str)):
+        return np.full(n_rows, check(value, name))
+    array = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=object)
+    if array.ndim == 0:
+        item = array[()]
+        return np.full(n_rows, check(item.item() if isinstance(item, np.generic) else item,
+                                     name))
+    if array.shape != tuple(row_shape):
+        rows = f"{n_rows} rows" if len(row_shape) <= 1 else f"rows of shape {tuple(row_shape)}"
+        raise ValueError(f"{func}: {name} must be a number or an array of one value per row "
+                         f"(shape {tuple(row_shape)} for {rows}), got shape {array.shape}")
+    flat = array.reshape(-1)
+    if accept is not None and flat.dtype.kind in kinds:
+        numbers_ = flat.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            bad = np.flatnonzero(~accept(numbers_))
+        if not bad.size:
+            return transform(numbers_) if transform is not None else numbers_
+        flat = flat[bad[:1]]  # the first bad value raises, naming its row
+        r = int(bad[0])
+        check(flat[0].item(), _row_name(name, r, row_shape))
+        raise AssertionError(f"{name}: accept and check disagree on {flat[0]!r}")
+    values = np.empty(n_rows)
+    for r in range(n_rows):
+        item = flat[r]
+        values[r] = check(item.item() if isinstance(item, np.generic) else item,
+                          _row_name(name, r, row_shape))
+    return values
+
+
+def _number_check(func, expected, accept, *, none=None):
+    """A ``check`` for :func:`per_row`: a real number for which ``accept(v)`` holds (None
+    stands for ``none`` when given), else TypeError (not a number) or ValueError."""
+    def check(value, name):
+        if value is None and none is not None:
+            return none
+        if not _is_real(value):
+            raise TypeError(f"{func}: {name} must be {expected}, got {value!r}")
+        v = float(value)
+        if not accept(v):
+            raise ValueError(f"{func}: {name} must be {expected}, got {value!r}")
+        return v
+    return check
+
+
+def _temperature_check(func, compute):
+    def check(value, name):
+        try:
+            return check_temperature(value, func, compute, zero_ok=True)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("temperature", name, 1)) from None
+    return check
+
+
+def _top_k_check(func):
+    def check(value, name):
+        expected = "an int >= 0 or None (0: no top-k)"
+        if value is None:
+            return 0.0
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{func}: {name} must be {expected}, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{func}: {name} must be {expected}, got {value!r}")
+        return float(min(int(value), 2**52))
+    return check
+
+
+def sampling_parameters(func, compute, row_shape, *, temperature, top_k, top_p, min_p,
+                        typical_p, top_n_sigma, repetition_penalty, presence_penalty,
+                        frequency_penalty):
+    """(params, top_k): the per-row parameters in the kernel's columns (kernels/sampling.py),
+    each argument a number or one value per row, validated with its row named. Neutral values
+    switch a filter or penalty off (top_p 1, min_p 0, top_k 0, top_n_sigma inf, ...)."""
+    k = sampling_kernels
+    tiny = 1.0 / float(np.finfo(compute).max)  # below it, 1/temperature overflows
+    params = np.empty((math.prod(row_shape), k.N_PARAMS))
+    fraction = "a number in (0, 1] or None"
+    in_unit = lambda v: (0.0 < v) & (v <= 1.0)  # noqa: E731
+    columns = (
+        (k.INV_T, "temperature", temperature, _temperature_check(func, compute),
+         lambda v: (v == 0.0) | ((v >= tiny) & (v < np.inf)),
+         lambda v: np.divide(1.0, v, out=np.zeros_like(v), where=v != 0.0)),
+        (k.MIN_P, "min_p", min_p, _number_check(func, "a number in [0, 1] or None",
+                                                lambda v: 0.0 <= v <= 1.0, none=0.0),
+         lambda v: (0.0 <= v) & (v <= 1.0), None),
+        (k.TOP_P, "top_p", top_p, _number_check(func, fraction, in_unit, none=1.0),
+         in_unit, None),
+        (k.TYPICAL_P, "typical_p", typical_p, _number_check(func, fraction, in_unit,
+                                                            none=1.0), in_unit, None),
+        (k.N_SIGMA, "top_n_sigma", top_n_sigma, _number_check(
+            func, "a positive number or None (inf: off)", lambda v: v > 0.0, none=np.inf),
+         lambda v: v > 0.0, None),
+        (k.REPETITION, "repetition_penalty", repetition_penalty, _number_check(
+            func, "a positive finite number (1: off)", lambda v: 0.0 < v < np.inf),
+         lambda v: (0.0 < v) & (v < np.inf), None),
+        (k.PRESENCE, "presence_penalty", presence_penalty, _number_check(
+            func, "a finite number (0: off)", math.isfinite), np.isfinite, None),
+        (k.FREQUENCY, "frequency_penalty", frequency_penalty, _number_check(
+            func, "a finite number (0: off)", math.isfinite), np.isfinite, None),
+    )
+    for column, name, value, check, accept, transform in columns:
+        params[:, column] = per_row(value, func, name, row_shape, check, accept, transform)
+    top_k = per_row(top_k, func, "top_k", row_shape, _top_k_check(func),
+                    lambda v: v >= 0, lambda v: np.minimum(v, 2**52), kinds="iu")
+    return params, top_k.astype(np.int64)
+
+
+# SplitMix64 (Steele, Lea and Flood 2014; Java's SplittableRandom): a counter-based generator,
+# its output a bijective hash of the counter, here a row's seed.
+SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
+SPLITMIX_MULTIPLIERS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def splitmix_uniforms(seeds: np.ndarray) -> np.ndarray:
+    """The uniform number in [0, 1) of each seed (uint64): the top 53 bits of SplitMix64's
+    output for counter ``seed``, over 2**53."""
+    z = seeds + np.uint64(SPLITMIX_GAMMA)  # uint64 arithmetic wraps modulo 2**64
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(SPLITMIX_MULTIPLIERS[0])
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(SPLITMIX_MULTIPLIERS[1])
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def row_uniforms(seed, func: str, row_shape) -> np.ndarray:
+    """One uniform number in [0, 1) per row. An int, None or a Generator: ``Generator.random``
+    of one stream, rows in order. One int per row (an array of the row shape): row r takes
+    :func:`splitmix_uniforms` of ``seed[r]`` alone, so a row draws the same token whatever
+    the batch around it (and a batch of 64 seeds costs microseconds, not a Generator each)."""
+    n_rows = math.prod(row_shape)
+    if isinstance(seed, np.random.Generator) or seed is None or isinstance(
+            seed, (numbers.Integral, bool, np.bool_, str, float, np.floating)):
+        return check_seed(seed, func).random(n_rows)
+    seeds = np.asarray(seed)
+    if seeds.ndim == 0:
+        return check_seed(seeds[()] if seeds.dtype.kind in "iu" else seed, func).random(n_rows)
+    if seeds.dtype.kind not in "iuO":
+        raise TypeError(f"{func}: seed must be None, an int, a numpy.random.Generator or one "
+                        f"int per row, got an array of dtype {seeds.dtype}")
+    if seeds.shape != tuple(row_shape):
+        raise ValueError(f"{func}: seed must be one int per row (shape {tuple(row_shape)}), "
+                         f"got shape {seeds.shape}")
+    flat = seeds.reshape(-1)
+    bad = np.flatnonzero(flat < 0) if flat.dtype.kind == "i" else []
+    if flat.dtype.kind == "O":
+        bad = [r for r, v in enumerate(flat) if isinstance(v, (bool, np.bool_))
+               or not isinstance(v, numbers.Integral) or not 0 <= v < 2**64]
+    if len(bad):
+        r = int(bad[0])
+        raise ValueError(f"{func}: {_row_name('seed', r, row_shape)} must be an int in "
+                         f"[0, 2**64), got {flat[r]!r}")
+    return splitmix_uniforms(flat.astype(np.uint64))
+
+
+def _token_array(value, func: str, name: str) -> np.ndarray:
+    tokens = np.asarray(value)
+    if tokens.size == 0:
+        return np.zeros(tokens.shape, np.int64)
+    if tokens.dtype.kind not in "iu":
+        raise TypeError(f"{func}: {name} must hold integer token ids, got dtype {tokens.dtype}")
+    return tokens.astype(np.int64, copy=False)
+
+
+def history_rows(previous_tokens, func: str, row_shape, n_cols: int):
+    """``(tokens, bounds)``: the tokens generated so far of each row, flat, and each row's
+    ``[start, end)`` in it. Given as an integer array of shape ``row_shape + (length,)``
+    padded with -1, or a sequence of one 1-D array per row (in row order); ids outside the
+    vocabulary are a ValueError naming the row."""
+    n_rows = math.prod(row_shape)
+    name = "previous_tokens"
+    if isinstance(previous_tokens, (list, tuple)) and all(
+            isinstance(t, numbers.Integral) for t in previous_tokens) and not row_shape:
+        previous_tokens = np.asarray(previous_tokens, np.int64)  # one row's history
+    if isinstance(previous_tokens, np.ndarray) or not isinstance(previous_tokens,
+                                                                 (list, tuple)):
+        table = _token_array(previous_tokens, func, name)
+        if table.shape[:-1] != tuple(row_shape) or table.ndim == 0:
+            raise ValueError(f"{func}: {name} must have shape {tuple(row_shape) + ('length',)} "
+                             f"(one row of token ids per row, padded with -1), or be a list of "
+                             f"{n_rows} 1-D arrays, got shape {table.shape}")
+        table = table.reshape(n_rows, -1)
+        kept = table != -1
+        lengths = kept.sum(axis=1)
+        tokens = table[kept]
+        owner = np.repeat(np.arange(n_rows), lengths)
+    else:
+        if len(previous_tokens) != n_rows:
+            raise ValueError(f"{func}: {name} must hold one 1-D array per row ({n_rows}), got "
+                             f"{len(previous_tokens)}")
+        parts = []
+        for r, part in enumerate(previous_tokens):
+            row = _token_array(part, func, _row_name(name, r, row_shape))
+            if row.ndim != 1:
+                raise ValueError(f"{func}: {_row_name(name, r, row_shape)} must be 1-D, got "
+                                 f"shape {row.shape}")
+            parts.append(row[row != -1])
+        lengths = np.array([len(part) for part in parts], np.int64)
+        tokens = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        owner = np.repeat(np.arange(n_rows), lengths)
+    outside = np.flatnonzero(tokens.view(np.uint64) >= n_cols) if tokens.size else tokens
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(f"{func}: {_row_name(name, int(owner[i]), row_shape)} holds token id "
+                         f"{int(tokens[i])}, outside the vocabulary [0, {n_cols}) (-1 pads)")
+    ends = np.cumsum(lengths)
+    bounds = np.ascontiguousarray(np.stack([ends - lengths, ends], axis=1), dtype=np.int64)
+    return np.ascontiguousarray(tokens, dtype=np.int64), bounds
+
+
+def _bias_value(func, name, token, value, n_cols):
+    if isinstance(token, (bool, np.bool_)) or not isinstance(token, numbers.Integral):
+        raise TypeError(f"{func}: {name} keys must be int token ids, got {token!r}")
+    if not 0 <= token < n_cols:
+        raise ValueError(f"{func}: {name} has token id {token}, outside the vocabulary "
+                         f"[0, {n_cols})")
+    if not _is_real(value) or math.isnan(value) or value == math.inf:
+        raise ValueError(f"{func}: {name}[{token}] must be a finite number or -inf (a banned "
+                         f"token), got {value!r}")
+    return int(token), float(value)
+
+
+def bias_rows(logit_bias, func: str, x_shape, axis, row_shape, n_cols: int):
+    """``(tokens, values, bounds)``: each row's biases as flat (token, bias) pairs and the
+    row's ``[start, end)`` in them. ``logit_bias``: a dict {token: bias} for every row, a
+    sequence of one dict (or None) per row, or an array broadcastable to the logits."""
+    n_rows = math.prod(row_shape)
+    name = "logit_bias"
+    if isinstance(logit_bias, dict) or (isinstance(logit_bias, (list, tuple)) and any(
+            isinstance(item, dict) or item is None for item in logit_bias)):
+        shared = isinstance(logit_bias, dict)
+        rows = [logit_bias] if shared else list(logit_bias)
+        if not shared and len(rows) != n_rows:
+            raise ValueError(f"{func}: {name} must be a dict, one dict per row ({n_rows}) or an "
+                             f"array, got {len(rows)} dicts")
+        pairs, lengths = [], []
+        for r, row in enumerate(rows):
+            label = name if shared else _row_name(name, r, row_shape)
+            if row is not None and not isinstance(row, dict):
+                raise TypeError(f"{func}: {label} must be a dict {{token: bias}} or None, got "
+                                f"{type(row).__name__}")
+            items = [_bias_value(func, label, t, v, n_cols) for t, v in (row or {}).items()]
+            pairs += items
+            lengths.append(len(items))
+        tokens = np.array([t for t, _ in pairs], np.int64)
+        values = np.array([v for _, v in pairs], np.float64)
+        lengths = np.array(lengths, np.int64)
+        ends = np.cumsum(lengths)
+        bounds = np.stack([ends - lengths, ends], axis=1)
+        if shared:
+            bounds = np.repeat(bounds, n_rows, axis=0)
+        return tokens, values, np.ascontiguousarray(bounds, dtype=np.int64)
+    bias = operand(logit_bias, func, name)
+    values = np.asarray(widen_bits(bias.array) if bias.bits_only else bias.array, np.float64)
+    if np.isnan(values).any() or np.isposinf(values).any():
+        raise ValueError(f"{func}: {name} must hold finite numbers or -inf (banned tokens)")
+    full = broadcast_argument(values, x_shape, func, name, "logits")
+    along_last = axis == len(x_shape) - 1 or (axis is None and len(x_shape) <= 1)
+    if values.ndim <= 1 and along_last:  # one vocabulary row for every row: stored once
+        row = np.broadcast_to(values, (n_cols,))
+        tokens = np.flatnonzero(row)
+        bounds = np.tile([0, tokens.size], (n_rows, 1))
+        return tokens.astype(np.int64), row[tokens].copy(), bounds.astype(np.int64)
+    table = move_axis_last(full, axis).reshape(n_rows, n_cols)
+    owner, tokens = np.nonzero(table)
+    lengths = np.bincount(owner, minlength=n_rows)
+    ends = np.cumsum(lengths)
+    bounds = np.ascontiguousarray(np.stack([ends - lengths, ends], axis=1), dtype=np.int64)
+    return tokens.astype(np.int64), table[owner, tokens].astype(np.float64), bounds
+
+
+LOGPROBS_MODES = ("raw", "processed")
+
+
+def prepare_sample(op, logits, *, temperature, top_k, top_p, min_p, typical_p, top_n_sigma,
+                   repetition_penalty, presence_penalty, frequency_penalty, previous_tokens,
+                   logit_bias, where, seed, axis, return_logprobs, top_logprobs,
+                   logprobs_mode) -> Batch:
+    """Validate a sampling call as rows of logits, each with its parameters, edits and
+    uniform number. ``finish()`` gives the tokens, or with ``return_logprobs`` the tuple
+    ``(tokens, logprobs, top_tokens, top_logprobs)``."""
+    k = sampling_kernels
     func = op.name
     xo = operand(logits, func, "logits")
     x = xo.array
     compute, _ = dtype_policy(xo, None, func)
     axis = check_axis(axis, x.ndim, func)  # 0-d: one row of one element with None
-    inv_t = check_temperature(temperature, func, compute, zero_ok=True)
-    top_k = check_int(top_k, func, "top_k", minimum=1, none_ok=True)
-    top_p = check_fraction(top_p, func, "top_p", default=1.0, low_open=True)
-    min_p = check_fraction(min_p, func, "min_p", default=0.0, low_open=False)
-    rng = check_seed(seed, func)
-
     x_moved = move_axis_last(x, axis)
     n_cols = x_moved.shape[-1]
     row_shape = () if axis is None else x_moved.shape[:-1]  # None: one row, a scalar result
     n_rows = math.prod(row_shape)
+    params, top_k = sampling_parameters(
+        func, compute, row_shape, temperature=temperature, top_k=top_k, top_p=top_p,
+        min_p=min_p, typical_p=typical_p, top_n_sigma=top_n_sigma,
+        repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
+        presence_penalty=0.0 if presence_penalty is None else presence_penalty,
+        frequency_penalty=0.0 if frequency_penalty is None else frequency_penalty)
+    if not isinstance(return_logprobs, (bool, np.bool_)):
+        raise TypeError(f"{func}: return_logprobs must be True or False, got "
+                        f"{return_logprobs!r}")
+    n_top = check_int(top_logprobs, func, "top_logprobs", minimum=0)
+    if n_top and not return_logprobs:
+        raise ValueError(f"{func}: top_logprobs={n_top} needs return_logprobs=True")
+    if n_top > n_cols:
+        raise ValueError(f"{func}: top_logprobs must be at most the vocabulary size {n_cols}, "
+                         f"got {n_top}")
+    mode = k.NO_LOGPROBS
+    if return_logprobs:
+        mode = k.RAW if check_choice(logprobs_mode, func, "logprobs_mode",
+                                     LOGPROBS_MODES) == "raw" else k.PROCESSED
     if n_cols == 0:
         raise ValueError(f"{func}: logits have an empty vocabulary (axis {axis} has length 0)")
+    penalised = params[:, [k.REPETITION, k.PRESENCE, k.FREQUENCY]] != [1.0, 0.0, 0.0]
+    if previous_tokens is None:
+        if penalised.any():
+            raise ValueError(f"{func}: repetition_penalty, presence_penalty and "
+                             "frequency_penalty need previous_tokens (the tokens generated so "
+                             "far)")
+        history, history_bounds = np.zeros(0, np.int64), np.zeros((n_rows, 2), np.int64)
+    else:
+        history, history_bounds = history_rows(previous_tokens, func, row_shape, n_cols)
+    if logit_bias is None:
+        bias_tokens, bias_values = np.zeros(0, np.int64), np.zeros(0)
+        bias_bounds = np.zeros((n_rows, 2), np.int64)
+    else:
+        bias_tokens, bias_values, bias_bounds = bias_rows(logit_bias, func, x.shape, axis,
+                                                          row_shape, n_cols)
     mask, mask_stride = (None, 0) if where is None else mask_rows(where, x.shape, axis, func)
-    u = rng.random(n_rows)
+    params[:, k.UNIFORM] = row_uniforms(seed, func, row_shape)
     x_flat, x_stride = rows_of(x_moved, xo, compute)
     drawn = np.empty(n_rows, np.int64)
+    logprobs = np.empty(n_rows if mode else 0)
+    top_tokens = np.empty(n_rows * n_top, np.int64)
+    top_values = np.empty(n_rows * n_top)
 
     def finish():
         _raise_for_bad_rows(func, drawn, row_shape)
-        result = drawn.reshape(row_shape)
-        return result[()] if result.ndim == 0 else result
+        tokens = drawn.reshape(row_shape)
+        tokens = tokens[()] if tokens.ndim == 0 else tokens
+        if not mode:
+            return tokens
+        lp = logprobs.astype(compute).reshape(row_shape)
+        return (tokens, lp[()] if lp.ndim == 0 else lp,
+                top_tokens.reshape(row_shape + (n_top,)),
+                top_values.astype(compute).reshape(row_shape + (n_top,)))
 
-    rows = (x_flat, x_stride, mask, mask_stride, n_rows, n_cols)
-    if inv_t == 0.0:  # greedy
-        return Batch(op.kernels[1], rows + (drawn,), n_rows, n_cols, finish)
-    return Batch(op.kernels[0], rows + (compute.type(inv_t), min_p, 0 if top_k is None else
-                                        top_k, top_p, u, drawn), n_rows, n_cols, finish)
+    return Batch(op.kernels[0], (x_flat, x_stride, mask, mask_stride, n_rows, n_cols, params,
+                                 top_k, history, history_bounds, bias_tokens, bias_values,
+                                 bias_bounds, bool(history.size), mode, drawn, logprobs,
+                                 top_tokens, top_values), n_rows, n_cols, finish)
 
 
 SAMPLING_FAILURES = ((NAN_ROW, "a NaN logit"),

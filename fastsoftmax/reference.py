@@ -20,11 +20,13 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softm
            "cross_entropy", "sampling_probs", "sample", "confidence", "fit_temperature",
            "calibration_error", "reliability", "result_dtype", "Confidence", "Reliability",
            "sparsemax", "entmax15", "entmax_bisect", "sparsemax_backward", "entmax_backward",
-           "sparsemax_loss", "entmax15_loss", "entmax_bisect_loss", "kl_div", "jsd"]
+           "sparsemax_loss", "entmax15_loss", "entmax_bisect_loss", "kl_div", "jsd", "Sampled"]
 
 # The result types of the calibration functions (fastsoftmax.calibration returns them too).
 Confidence = namedtuple("Confidence", "label prob margin entropy logsumexp")
 Reliability = namedtuple("Reliability", "counts confidence accuracy edges")
+# The result of sampling with return_logprobs (fastsoftmax.sample returns it too).
+Sampled = namedtuple("Sampled", "tokens logprobs top_tokens top_logprobs")
 BINNINGS = ("uniform", "quantile")
 NORMS = ("l1", "l2", "max")
 
@@ -271,81 +273,228 @@ def _rows_of(a, axis):
     return moved.reshape(-1, moved.shape[-1]), moved.shape[:-1]
 
 
-def _filtered_rows(z, selected, top_k, top_p, min_p):
-    """Filtered, renormalised probabilities of rows ``z`` (float64, already divided by the
-    temperature), by sorting: min_p, then top_k, then top_p, each keeping its ties."""
-    z = np.where(selected, z, -np.inf)
-    # A row holding +inf: the limit of logits going to +inf together, the +inf tokens tied
-    # at the top and every other one at probability 0 (so the filters keep exactly them).
-    inf_rows = np.isposinf(z).any(axis=-1, keepdims=True)
-    z = np.where(inf_rows, np.where(np.isposinf(z), 0.0, -np.inf), z)
-    p = np.exp(z - z.max(axis=-1, keepdims=True))  # 1 at the max; 0 where not selected
+def _row_values(value, default, n_rows):
+    """A sampling parameter (None: ``default``; a number; one value per row) as n_rows floats."""
+    value = default if value is None else value
+    return np.broadcast_to(np.asarray(value, np.float64), (n_rows,)) if np.ndim(value) == 0 \
+        else np.asarray(value, np.float64).reshape(n_rows)
+
+
+def _bias_table(logit_bias, x_shape, axis, n_rows, n_cols):
+    """The biases as a dense float64 array of rows."""
+    table = np.zeros((n_rows, n_cols))
+    if logit_bias is None:
+        return table
+    if isinstance(logit_bias, dict) or (isinstance(logit_bias, (list, tuple)) and any(
+            isinstance(item, dict) or item is None for item in logit_bias)):
+        rows = [logit_bias] * n_rows if isinstance(logit_bias, dict) else logit_bias
+        for r, row in enumerate(rows):
+            for token, bias in (row or {}).items():
+                table[r, token] = bias
+        return table
+    full = np.broadcast_to(np.asarray(logit_bias).astype(np.float64), x_shape)
+    return _rows_of(full, axis)[0].reshape(n_rows, n_cols)
+
+
+def _history_counts(previous_tokens, n_rows, n_cols):
+    """How many times each token appears in each row's history (-1 pads)."""
+    counts = np.zeros((n_rows, n_cols))
+    if previous_tokens is None:
+        return counts
+    if isinstance(previous_tokens, (list, tuple)) and all(
+            isinstance(t, (int, np.integer)) for t in previous_tokens):
+        previous_tokens = [previous_tokens]  # one row's history
+    histories = previous_tokens if isinstance(previous_tokens, (list, tuple)) else \
+        np.asarray(previous_tokens).reshape(n_rows, -1)
+    for r, history in enumerate(histories):
+        history = np.asarray(history, np.int64).reshape(-1)
+        np.add.at(counts[r], history[history != -1], 1.0)
+    return counts
+
+
+def _edited(rows, counts, bias, repetition, presence, frequency):
+    """The logits after the bias, then the penalties of the tokens seen (vLLM's order):
+    repetition (a positive logit divided, another multiplied), frequency times the count and
+    presence subtracted."""
+    with np.errstate(invalid="ignore"):
+        v = np.where(bias == -np.inf, -np.inf, rows + bias)  # -inf bans, even +inf or NaN
+    seen = counts > 0
+    rep = repetition[:, None]
+    with np.errstate(invalid="ignore"):
+        penalised = np.where(v > 0, v / rep, v * rep)
+        penalised = penalised - frequency[:, None] * counts - presence[:, None]
+    return np.where(seen, penalised, v)
+
+
+def _typical(p, typical_p):
+    """Hugging Face's TypicalLogitsWarper on the kept probabilities ``p`` (0 elsewhere):
+    whether each token stays."""
+    kept = p > 0
+    q = np.where(kept, p / p.sum(), 0.0)
+    log_q = np.log(np.where(kept, q, 1.0))
+    entropy = -np.sum(np.where(kept, q * log_q, 0.0))
+    distance = np.where(kept, np.abs(-log_q - entropy), np.inf)
+    order = np.argsort(distance, kind="stable")
+    cumulative = np.cumsum(q[order])
+    last = min(int(np.sum(cumulative < typical_p)), int(kept.sum()) - 1)
+    return kept & (distance <= distance[order][last])
+
+
+def _row_probs(v, temperature, min_p, top_k, top_p, typical_p, top_n_sigma):
+    """The distribution one row (logits ``v`` after bias and penalties, -inf where not
+    selected) is drawn from, by sorting: temperature, then top-n-sigma, min-p, top-k, top-p,
+    typical-p, each keeping its ties."""
+    if np.isposinf(v).any():
+        # the limit of logits going to +inf together: the +inf tokens share the draw
+        return np.isposinf(v) / np.isposinf(v).sum()
+    if temperature == 0:
+        probs = np.zeros(v.shape)
+        probs[np.argmax(v)] = 1.0
+        return probs
+    z = v / temperature
+    p = np.exp(z - z.max())  # 1 at the max; 0 where not selected
     keep = p > 0
+    if np.isfinite(top_n_sigma):
+        finite = v[v > -np.inf]
+        keep &= v >= v.max() - top_n_sigma * np.std(finite)
     if min_p:
         keep &= p >= min_p
-    if top_k is not None:
+    if top_k:
         # the k-th largest kept value; every token at or above it stays (HF: scores < kth out)
-        ranked = -np.sort(-np.where(keep, p, -1.0), axis=-1)
-        kth = ranked[:, min(top_k, z.shape[-1]) - 1:min(top_k, z.shape[-1])]
-        keep &= p >= np.where(kth > 0, kth, 0.0)
+        ranked = -np.sort(-np.where(keep, p, -1.0))
+        kth = ranked[min(int(top_k), v.size) - 1]
+        keep &= p >= max(kth, 0.0)
     p = np.where(keep, p, 0.0)
-    if top_p is not None and top_p < 1:
+    if top_p < 1:
         # HF: a token stays if the mass strictly above it (in descending order) is < top_p;
         # the threshold is the last such token's probability, and its ties stay too.
-        order = np.argsort(-p, axis=-1, kind="stable")
-        ranked = np.take_along_axis(p, order, axis=-1)
-        ranked = ranked / ranked.sum(axis=-1, keepdims=True)
-        above = np.cumsum(ranked, axis=-1) - ranked
-        last = np.sum(above < top_p, axis=-1) - 1
-        threshold = np.take_along_axis(np.take_along_axis(p, order, axis=-1),
-                                       last[:, None], axis=-1)
+        ranked = np.sort(p)[::-1]
+        ranked = ranked / ranked.sum()
+        above = np.cumsum(ranked) - ranked
+        threshold = np.sort(p)[::-1][np.sum(above < top_p) - 1]
         p = np.where(p >= threshold, p, 0.0)
-    return p / p.sum(axis=-1, keepdims=True)
+    if typical_p < 1:
+        p = np.where(_typical(p, typical_p), p, 0.0)
+    return p / p.sum()
 
 
-def sampling_probs(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, where=None,
-                   axis=-1):
-    """The distribution :func:`fastsoftmax.sample` draws from: ``softmax(logits /
-    temperature)`` after min_p, top_k and top_p (in that order, ties at a threshold kept),
-    renormalised, with the logits' shape; temperature 0 gives a one-hot at the first maximum.
-    Rows that cannot be sampled (a NaN, nothing selected or all -inf) are ValueError."""
+def _sampling_rows(logits, temperature, top_k, top_p, min_p, typical_p, top_n_sigma,
+                   repetition_penalty, presence_penalty, frequency_penalty, previous_tokens,
+                   logit_bias, where, axis):
+    """(probabilities, raw logits with -inf where not selected), as rows, and the row shape."""
     x = np.asarray(logits)
     selected = np.ones(x.shape, bool) if where is None else np.broadcast_to(where, x.shape)
-    rows, _ = _rows_of(x.astype(np.float64), axis)
+    rows, row_shape = _rows_of(x.astype(np.float64), axis)
     sel, _ = _rows_of(selected, axis)
-    bad = np.isnan(np.where(sel, rows, 0.0)).any(axis=-1) | ~(np.where(sel, rows, -np.inf)
-                                                             > -np.inf).any(axis=-1)
+    n_rows, n_cols = rows.shape
+    values = lambda v, default: _row_values(v, default, n_rows)  # noqa: E731
+    v = _edited(rows, _history_counts(previous_tokens, n_rows, n_cols),
+                _bias_table(logit_bias, x.shape, axis, n_rows, n_cols),
+                values(repetition_penalty, 1.0), values(presence_penalty, 0.0),
+                values(frequency_penalty, 0.0))
+    v = np.where(sel, v, -np.inf)
+    bad = np.isnan(v).any(axis=-1) | ~(v > -np.inf).any(axis=-1)
     if bad.any():
         raise ValueError(f"sample: rows {np.flatnonzero(bad).tolist()} cannot be sampled")
-    if temperature == 0:
-        first = np.argmax(np.where(sel, rows, -np.inf), axis=-1)
-        probs = np.zeros(rows.shape)
-        probs[np.arange(len(rows)), first] = 1.0
-    else:
-        probs = _filtered_rows(rows / float(temperature), sel, top_k, top_p, min_p)
+    parameters = zip(values(temperature, 1.0), values(min_p, 0.0), values(top_k, 0),
+                     values(top_p, 1.0), values(typical_p, 1.0), values(top_n_sigma, np.inf))
+    probs = np.array([_row_probs(row, *p) for row, p in zip(v, parameters)]).reshape(
+        rows.shape)
+    return probs, np.where(sel, rows, -np.inf), row_shape
+
+
+def _shaped(rows, x, axis):
+    """Rows back to the layout of ``x`` (the vocabulary along ``axis``)."""
     if axis is None:
-        return probs.reshape(x.shape)
+        return rows.reshape(x.shape)
     moved = np.moveaxis(x, axis, -1).shape
-    return np.moveaxis(probs.reshape(moved), -1, axis)
+    return np.moveaxis(rows.reshape(moved), -1, axis)
 
 
-def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, where=None,
-           seed=None, axis=-1):
+def sampling_probs(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None,
+                   typical_p=None, top_n_sigma=None, repetition_penalty=1.0,
+                   presence_penalty=0.0, frequency_penalty=0.0, previous_tokens=None,
+                   logit_bias=None, where=None, axis=-1):
+    """The distribution :func:`fastsoftmax.sample` draws from, with the logits' shape:
+    ``softmax`` of the logits after the bias and penalties, divided by the temperature, after
+    top_n_sigma, min_p, top_k, top_p and typical_p (in that order, ties at a threshold kept),
+    renormalised; every parameter a number or one value per row; temperature 0 gives a
+    one-hot at the first maximum. Rows that cannot be sampled (a NaN, nothing selected or
+    all -inf) are ValueError."""
+    probs, _, _ = _sampling_rows(logits, temperature, top_k, top_p, min_p, typical_p,
+                                 top_n_sigma, repetition_penalty, presence_penalty,
+                                 frequency_penalty, previous_tokens, logit_bias, where, axis)
+    return _shaped(probs, np.asarray(logits), axis)
+
+
+def _splitmix_uniform(seed: int) -> float:
+    """SplitMix64's output for counter ``seed`` (Python integers, modulo 2**64), its top 53
+    bits over 2**53."""
+    mask = 2**64 - 1
+    z = (seed + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    return (z >> 11) / 2.0**53
+
+
+def _uniforms(seed, row_shape):
+    """One uniform number per row: from one stream (an int, None, a Generator), rows in
+    order, or SplitMix64 of ``seed[r]`` for one int per row."""
+    n_rows = int(np.prod(row_shape))
+    if isinstance(seed, np.random.Generator):
+        return seed.random(n_rows)
+    if np.ndim(seed) == 0:
+        return np.random.default_rng(seed).random(n_rows)
+    return np.array([_splitmix_uniform(int(s)) for s in np.ravel(seed)])
+
+
+def _log_softmax_rows(z):
+    """log_softmax of rows (-inf where not selected); a row holding +inf is the limit:
+    -log(count) at its +inf tokens."""
+    inf_rows = np.isposinf(z).any(axis=-1, keepdims=True)
+    count = np.isposinf(z).sum(axis=-1, keepdims=True)
+    finite = np.where(inf_rows, 0.0, z)
+    m = finite.max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        lp = finite - m - np.log(np.sum(np.exp(finite - m), axis=-1, keepdims=True))
+        return np.where(inf_rows, np.where(np.isposinf(z), -np.log(np.maximum(count, 1)),
+                                           -np.inf), lp)
+
+
+def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, typical_p=None,
+           top_n_sigma=None, repetition_penalty=1.0, presence_penalty=0.0,
+           frequency_penalty=0.0, previous_tokens=None, logit_bias=None, where=None, seed=None,
+           axis=-1, return_logprobs=False, top_logprobs=0, logprobs_mode="raw"):
     """Reference sampling: the inverse CDF, in index order, of :func:`sampling_probs` at one
-    uniform number per row (``Generator.random``, rows in order), the same draws as
-    :func:`fastsoftmax.sample` makes for the same ``seed``."""
-    probs = sampling_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                           min_p=min_p, where=where, axis=axis)
-    rows, row_shape = _rows_of(probs, axis)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    u = rng.random(len(rows))
-    cdf = np.cumsum(rows, axis=-1)
+    uniform number per row (the rule of :func:`fastsoftmax.sample`), the same draws as it
+    makes for the same ``seed``. With ``return_logprobs``: :class:`Sampled`, the
+    log-probabilities of ``log_softmax`` of the logits (raw) or the log of
+    :func:`sampling_probs` (processed), the top ones by a stable sort."""
+    probs, raw, row_shape = _sampling_rows(
+        logits, temperature, top_k, top_p, min_p, typical_p, top_n_sigma, repetition_penalty,
+        presence_penalty, frequency_penalty, previous_tokens, logit_bias, where, axis)
+    u = _uniforms(seed, row_shape)
+    cdf = np.cumsum(probs, axis=-1)
     chosen = np.array([np.searchsorted(c, ui * c[-1], side="right") for c, ui in zip(cdf, u)],
                       dtype=np.int64)
     # rounding can leave u * total past the last step: the last token with probability > 0
-    last = rows.shape[-1] - 1 - np.argmax(rows[:, ::-1] > 0, axis=-1)
-    chosen = np.minimum(chosen, last).reshape(row_shape)
-    return chosen[()] if chosen.ndim == 0 else chosen
+    last = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
+    chosen = np.minimum(chosen, last)
+    tokens = chosen.reshape(row_shape)
+    tokens = tokens[()] if tokens.ndim == 0 else tokens
+    if not return_logprobs:
+        return tokens
+    dtype = np.dtype(np.float32) if np.asarray(logits).dtype.itemsize <= 4 and \
+        np.asarray(logits).dtype.kind in "fV" else np.dtype(np.float64)
+    with np.errstate(divide="ignore"):
+        lp = _log_softmax_rows(raw) if logprobs_mode == "raw" else np.log(probs)
+    top = np.argsort(-lp, axis=-1, kind="stable")[:, :top_logprobs]
+    picked = lp[np.arange(len(lp)), chosen].astype(dtype).reshape(row_shape)
+    return Sampled(tokens, picked[()] if picked.ndim == 0 else picked,
+                   top.reshape(row_shape + (top_logprobs,)),
+                   np.take_along_axis(lp, top, axis=-1).astype(dtype).reshape(
+                       row_shape + (top_logprobs,)))
 
 
 # --- calibration --------------------------------------------------------------------------------

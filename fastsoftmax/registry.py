@@ -53,7 +53,8 @@ class Operation:
         public function and its reference. One call per kernel: warmup compiles them, the
         tests run them on every build.
     bench
-        Benchmark cases: case name -> keyword arguments, with the positional arguments of the
+        Benchmark cases: case name -> keyword arguments (or a function of the input batch
+        giving them: parameters of one value per row), with the positional arguments of the
         first example call.
     peers
         Other libraries with the same function, timed by the benchmarks
@@ -164,6 +165,32 @@ def _loss_calls(row_alphas=False):
         return (x, _targets(x)), dict(options, return_grad=True)
     return (lambda x: ((x, _targets(x)), {}), with_grad)
 
+def _serving_batch(x, *, penalties=True, logprobs=False) -> dict:
+    """Keyword arguments of a serving engine's batch for the rows of ``x`` (fixed seed): a
+    different temperature (a greedy row among them), top_p and top_k in every row, one seed
+    per row and, with ``penalties``, a 512-token history per row (fewer for short rows) with
+    repetition, presence and frequency penalties and a logit bias."""
+    n_rows, n_cols = int(np.prod(np.shape(x)[:-1])), np.shape(x)[-1]
+    row_shape = np.shape(x)[:-1]
+    rng = np.random.default_rng(4)
+    per_row = lambda values: values.reshape(row_shape)  # noqa: E731
+    temperature = rng.uniform(0.6, 1.2, n_rows)
+    temperature[::16] = 0.0  # greedy requests in the batch
+    kwargs = dict(temperature=per_row(temperature),
+                  top_p=per_row(rng.uniform(0.8, 0.98, n_rows)),
+                  top_k=per_row(rng.integers(20, 100, n_rows)),
+                  seed=per_row(np.arange(n_rows) + 1000))
+    if penalties:
+        kwargs.update(
+            previous_tokens=rng.integers(0, n_cols, row_shape + (min(512, 2 * n_cols),)),
+            repetition_penalty=per_row(rng.uniform(1.05, 1.3, n_rows)),
+            presence_penalty=per_row(rng.uniform(0.0, 0.5, n_rows)),
+            frequency_penalty=per_row(rng.uniform(0.0, 0.5, n_rows)),
+            logit_bias={0: -np.inf, n_cols - 1: 2.0})
+    if logprobs:
+        kwargs.update(return_logprobs=True, top_logprobs=min(5, n_cols))
+    return kwargs
+
 
 OPERATIONS = {op.name: op for op in (
     Operation(
@@ -195,13 +222,19 @@ OPERATIONS = {op.name: op for op in (
         reduces=True, bench={"cross_entropy": {}, "cross_entropy_grad": {"return_grad": True}},
         peers=("torch",)),
     Operation(
-        "sample", reference.sample, (sampling.sample_rows, sampling.greedy_rows),
+        "sample", reference.sample, (sampling.sample_rows,),
         (lambda x: ((x,), {"temperature": 0.8, "top_p": 0.9, "seed": 0}),
-         lambda x: ((x,), {"temperature": 0})),
+         lambda x: ((x,), {"temperature": 0}),
+         lambda x: ((x,), _serving_batch(x, logprobs=True))),
         reduces=True,
         bench={"sample_top_p": {"temperature": 0.8, "top_p": 0.9, "seed": 0},
                "sample_top_k": {"top_k": 50, "seed": 0},
-               "sample": {"temperature": 0.8, "seed": 0}},
+               "sample": {"temperature": 0.8, "seed": 0},
+               # a serving batch: parameters of every row's own, penalties (issue 17), against
+               # the same rows with one set of parameters and none
+               "sample_uniform": {"temperature": 0.9, "top_p": 0.9, "top_k": 60, "seed": 0},
+               "sample_mixed": _serving_batch,
+               "sample_mixed_logprobs": lambda x: _serving_batch(x, logprobs=True)},
         peers=("torch",)),
     # calibration: a model's logits (rows of classes) and, but for confidence, labels
     Operation(

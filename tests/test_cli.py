@@ -52,15 +52,19 @@ def test_default_cases():
     sparse = [(c.function, c.shape, c.dtype) for c in cases
               if c.function in {f for f, _, _ in bench.QUICK_SPARSE_CASES}]
     assert sparse == list(bench.QUICK_SPARSE_CASES)
-    decode = [(c.function, c.shape, c.dtype) for c in cases
-              if c.shape in bench.DECODE_SHAPES or c.function.startswith("sample")]
+    serving = {f for f, _, _ in bench.QUICK_SAMPLING_CASES}  # a serving batch's decode step
+    sampling = [(c.function, c.shape, c.dtype) for c in cases if c.function in serving]
+    assert sampling == list(bench.QUICK_SAMPLING_CASES)
+    decode = [(c.function, c.shape, c.dtype) for c in cases if c.function not in serving
+              and (c.shape in bench.DECODE_SHAPES or c.function.startswith("sample"))]
     assert decode == list(bench.QUICK_DECODE_CASES)
     distill = [(c.function, c.shape, c.dtype) for c in cases
                if c.function in {f for f, _, _ in bench.QUICK_DISTILL_CASES}]
     assert distill == list(bench.QUICK_DISTILL_CASES)
     float32 = [c for c in cases if c.dtype == "float32" and c.function in bench.QUICK_FUNCTIONS
                and c.shape not in bench.DECODE_SHAPES]
-    assert len(float32) + len(half) + len(sparse) + len(decode) + len(distill) == len(cases)
+    assert len(float32) + len(half) + len(sparse) + len(sampling) + len(decode) + \
+        len(distill) == len(cases)
     assert {c.shape for c in float32} == set(bench.QUICK_SHAPES)
     assert cli.startup_dtypes(cases) == ["float32"]  # make bench --startup: no bfloat16
     args = cli.build_parser().parse_args(["bench"])

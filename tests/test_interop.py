@@ -293,9 +293,11 @@ def test_every_operation_gives_tensors_with_the_bits_of_numpy(torch, name, dtype
         results = got if isinstance(got, tuple) else (got,)
         wants = want if isinstance(want, tuple) else (want,)
         for result, wanted in zip(results, wants):
-            # indices (tokens, labels, counts) as int64, values in the logits' dtype
-            want_dtype = torch.int64 if np.asarray(wanted).dtype.kind in "iu" else \
-                getattr(torch, dtype_name)
+            # indices (tokens, labels, counts) as int64, values in the logits' dtype (but
+            # sample's log-probabilities: float32 for half-precision logits, as NumPy's)
+            kind = np.asarray(wanted).dtype
+            want_dtype = torch.int64 if kind.kind in "iu" else \
+                torch.float32 if kind == np.float32 else getattr(torch, dtype_name)
             assert isinstance(result, torch.Tensor) and result.dtype == want_dtype, context
         assert_same_bits(tuple(from_tensor(torch, r) for r in results), wants, context)
         if in_place:  # out=x / grad_out=x: the input tensor itself, written where it is

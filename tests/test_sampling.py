@@ -143,10 +143,13 @@ def test_draws_agree_with_the_reference_small(kwargs):
 def test_drawn_token_is_always_kept(data):
     n_rows = data.draw(st.integers(1, 4))
     n_cols = data.draw(st.integers(1, 24))
-    values = st.one_of(st.floats(-30, 30), st.just(-np.inf))
+    # logits on a grid of 1/8: ties are exact, and other values at least 1/8 apart (near-ties,
+    # a few ulp apart, may tie or not in the compute dtype: the docstring's caveat)
+    grid = st.integers(-240, 240).map(lambda i: i / 8)
+    values = st.one_of(grid, st.just(-np.inf))
     x = np.array(data.draw(st.lists(values, min_size=n_rows * n_cols,
                                     max_size=n_rows * n_cols))).reshape(n_rows, n_cols)
-    x[:, data.draw(st.integers(0, n_cols - 1))] = data.draw(st.floats(-30, 30))  # one finite
+    x[:, data.draw(st.integers(0, n_cols - 1))] = data.draw(grid)  # one finite
     kwargs = dict(temperature=data.draw(st.sampled_from([0.3, 1.0, 2.0])),
                   top_k=data.draw(st.one_of(st.none(), st.integers(1, 30))),
                   top_p=data.draw(st.one_of(st.none(), st.floats(0.01, 1.0))),
@@ -344,7 +347,6 @@ BAD_CALLS = [
     (x2, dict(temperature=np.inf), ValueError, ["temperature"]),
     (x2, dict(temperature="hot"), ValueError, ["temperature"]),
     (x2, dict(temperature=True), ValueError, ["temperature"]),
-    (x2, dict(top_k=0), ValueError, ["top_k", "0"]),
     (x2, dict(top_k=-2), ValueError, ["top_k", "-2"]),
     (x2, dict(top_k=2.0), TypeError, ["top_k", "2.0"]),
     (x2, dict(top_k=True), TypeError, ["top_k", "True"]),
@@ -366,14 +368,20 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("logits, kwargs, exc, words", BAD_CALLS)
-def test_bad_calls(logits, kwargs, exc, words):
+def assert_sample_refuses(logits, kwargs, exc, words):
+    """``sample(logits, **kwargs)`` raises ``exc`` with a message naming every one of
+    ``words``."""
     with pytest.raises(exc) as info:
         fastsoftmax.sample(logits, **kwargs)
     message = str(info.value)
     assert message.startswith("sample: "), message
     for word in words:
         assert word in message, f"{message!r} does not name {word!r}"
+
+
+@pytest.mark.parametrize("logits, kwargs, exc, words", BAD_CALLS)
+def test_bad_calls(logits, kwargs, exc, words):
+    assert_sample_refuses(logits, kwargs, exc, words)
 
 
 def test_reference_rejects_what_sample_rejects():
@@ -387,4 +395,3 @@ def test_warmup_compiles_the_samplers():
     fastsoftmax.warmup(dtypes=["float64"], functions=["sample"])
     if not PURE_PYTHON:  # without the JIT there is nothing to compile
         assert sampling_kernels.sample_rows.serial.signatures
-        assert sampling_kernels.greedy_rows.serial.signatures

@@ -78,6 +78,13 @@ def shift_narrow(row, sel, m, inv_t, log_sum, dst):
         encode_block(block, None, None, dst[start:stop])
 
 
+@building_block
+def copy_block(src, dst):
+    """dst = src, element by element."""
+    for j in range(src.size):
+        dst[j] = src[j]
+
+
 # --- the protocol: pure-Python bodies (NUMBA_DISABLE_JIT), overloaded by dtype when compiled ---
 
 def row_buffer(x, n):
@@ -102,6 +109,16 @@ def load(src, buf):
         decode_block(src, buf[:src.size])
         return buf[:src.size]
     return src
+
+
+def load_copy(src, buf):
+    """The values of ``src`` in the compute type, in ``buf`` (a copy that may be edited)."""
+    values = buf[:src.size]
+    if is_half_bits(src):
+        decode_block(src, values)
+    else:
+        copy_block(src, values)
+    return values
 
 
 def load_max(src, sel, buf):
@@ -219,15 +236,27 @@ if not numba.config.DISABLE_JIT:
             return lambda x, n: np.empty(n, np.float32)
         return lambda x, n: np.empty(n, x.dtype)
 
+    def _widened(src, buf):
+        values = buf[:src.size]
+        decode_block(src, values)
+        return values
+
     @overload(load, jit_options=NUMBA_OPTIONS)
     def _load_overload(src, buf):
         if _half(src):
-            def widened(src, buf):
-                values = buf[:src.size]
-                decode_block(src, values)
-                return values
-            return widened
+            return _widened
         return lambda src, buf: src
+
+    @overload(load_copy, jit_options=NUMBA_OPTIONS)
+    def _load_copy_overload(src, buf):
+        if _half(src):
+            return _widened
+
+        def copied(src, buf):
+            values = buf[:src.size]
+            copy_block(src, values)
+            return values
+        return copied
 
     @overload(load_max, jit_options=NUMBA_OPTIONS)
     def _load_max_overload(src, sel, buf):

@@ -1,26 +1,35 @@
-"""Row kernels that draw one token per row from logits: greedy, and temperature sampling with
-the min-p, top-k and top-p filters, fused, and without sorting the row.
+"""Row kernels that draw one token per row from logits, each row with its own parameters:
+logit bias and penalties, greedy or temperature sampling with the top-n-sigma, min-p, top-k,
+top-p and typical-p filters, and log-probabilities, fused, and without sorting the row.
 
 Layout, tasks and dtypes as in :mod:`fastsoftmax.kernels.softmax` (flat rows with a row
-stride, an optional flat ``where`` mask; half-precision rows widened into the scratch row). ``out[r]`` receives the drawn column, or a negative code for a row that cannot
-be sampled (:data:`NAN_ROW`, :data:`EMPTY_ROW`); the public layer turns codes into errors.
+stride, an optional flat ``where`` mask; half-precision rows widened into a scratch row).
+``out[r]`` receives the drawn column, or a negative code for a row that cannot be sampled
+(:data:`NAN_ROW`, :data:`EMPTY_ROW`); the public layer turns codes into errors.
 
-Per row, after the max pass, the unnormalised probabilities ``p = exp((x - max) / T)`` are
-written once into a scratch row (0 for tokens left out by ``where``), so the max token has
-``p = 1``. Every filter keeps the tokens at or above a threshold on ``p``:
+Per row: a row with biases or penalties is copied into a scratch row and edited there (the
+caller's logits are never written; each penalised token once, from a count of the row's
+history); then, after the max pass, the unnormalised probabilities ``p = exp((x - max) / T)``
+are written once into a second scratch row (0 for tokens left out by ``where``), so the max
+token has ``p = 1``. Every filter keeps the tokens in an interval of ``p``:
 
-- min-p: ``p >= min_p``;
+- top-n-sigma: ``p >= exp(-n * std(x) / T)``; min-p: ``p >= min_p``;
 - top-k: ``p >=`` the k-th largest kept ``p`` (a count search);
 - top-p: ``p >= t*``, the largest value with ``mass{p >= t*} >= top_p * mass kept so far``
-  (a mass search).
+  (a mass search);
+- typical-p: ``p`` within a factor ``e**tau`` of ``c = mass e**-H`` (the distance
+  ``|-log q - H|`` of Hugging Face's ``TypicalLogitsWarper`` is ``|log(p / c)|``): ``tau`` is
+  bisected on the kept mass.
 
-A search is a bisection over the bits of ``p`` (for ``p >= 0`` they order like the values), one
-vectorised pass over the scratch row a step that sums the weight above the midpoint and counts
-the values left in the interval; once at most ``GATHER`` values remain, they are copied out,
-sorted and walked: typically 5-8 passes. The draw is an inverse CDF in index order: block masses
-first, then element by element inside the block where the cumulative mass passes
-``u * kept mass``. The uniform ``u`` of each row comes from the caller, so results do not
-depend on threads.
+A search is a bisection (over the bits of ``p`` for top-k and top-p: for ``p >= 0`` they order
+like the values; over ``tau`` for typical-p), one vectorised pass over the scratch row a step
+that sums the weight inside the bounds and counts the values left between them; once at most
+``GATHER`` values remain, they are copied out, sorted and walked: typically 5-8 passes. The
+draw is an inverse CDF in index order: block masses first, then element by element inside the
+block where the cumulative mass passes ``u * kept mass``. The uniform ``u`` of each row comes
+from the caller (one of the per-row parameters), so results do not depend on threads. The top
+tokens (log-probabilities) are a running list of the best values, a block skipped after a
+vectorised max when none of it can enter.
 """
 
 from __future__ import annotations
@@ -32,8 +41,9 @@ from numba.core import types
 from numba.extending import overload
 
 from .jit import NUMBA_OPTIONS, building_block, kernel_pair, reduction
-from .numerics import BLOCK, cast_like, exp_store_sum, next_row, pick, row_of
-from .rows import compute_buffer, load_max, result_target, row_buffer, task_rows
+from .numerics import (BLOCK, cast_like, exp_store_sum, maximum, next_row, pick, row_max, row_of,
+                       sum_exp)
+from .rows import compute_buffer, load, load_copy, task_rows
 
 # Codes written instead of a column for rows that cannot be sampled.
 NAN_ROW = -1     # a selected logit is NaN
@@ -172,20 +182,56 @@ def threshold_search(p, unit, target, lo, hi, count_inside, buffer):
     return values[0] if n else lo  # rounding: the sum fell short of weight{p >= lo}
 
 
+@reduction
+def _block_band(block, lo, hi, unit):
+    # the total weight of the values in [lo, hi], in the block's dtype (compare-and-select
+    # adds): their mass (unit None), or their number
+    # (two selects, not one on "lo <= v <= hi": LLVM vectorises this form, 4x faster)
+    zero = cast_like(block, 0.0)
+    total = zero
+    for j in range(block.size):
+        v = block[j]
+        w = weight(v, unit) if v >= lo else zero
+        total += w if v <= hi else zero
+    return total
+
+
 @building_block
-def inverse_cdf(p, t, target):
-    """The first index where the running mass of the values ``>= t`` of ``p``, in index order,
-    exceeds ``target``: block masses first (the same sums as :func:`weigh`), then element by
-    element inside the block that crosses. Where rounding leaves the target unreached, the last
-    value ``>= t`` of that block (or of the row)."""
+def band_weight(p, lo, hi, unit):
+    """The total weight of the values of ``p`` in ``[lo, hi]``, as float64, summed
+    block-wise as :func:`inverse_cdf` adds it up: their mass (``unit`` None) or number."""
+    total = 0.0
+    for start in range(0, p.size, BLOCK):
+        total += np.float64(_block_band(p[start:min(start + BLOCK, p.size)], lo, hi, unit))
+    return total
+
+
+@building_block
+def band_mass(p, lo, hi):
+    """The mass of the values of ``p`` in ``[lo, hi]``, as float64."""
+    return band_weight(p, lo, hi, None)
+
+
+@building_block
+def band_count(p, lo, hi):
+    """How many values of ``p`` lie in ``[lo, hi]``, as float64."""
+    return band_weight(p, lo, hi, cast_like(p, 1.0))
+
+
+@building_block
+def inverse_cdf(p, lo, hi, target):
+    """The first index where the running mass of the values of ``p`` in ``[lo, hi]``, in index
+    order, exceeds ``target``: block masses first (the sums of :func:`band_mass`), then element
+    by element inside the block that crosses. Where rounding leaves the target unreached, the
+    last value in ``[lo, hi]`` of that block (or of the row)."""
     cumulative = 0.0
     for start in range(0, p.size, BLOCK):
         block = p[start:min(start + BLOCK, p.size)]
-        w = np.float64(_block_weigh(block, t, t, None)[0])
+        w = np.float64(_block_band(block, lo, hi, None))
         if w > 0.0 and cumulative + w > target:
             last = -1
             for j in range(block.size):
-                if block[j] >= t:
+                if block[j] >= lo and block[j] <= hi:
                     last = j
                     cumulative += np.float64(block[j])
                     if cumulative > target:
@@ -193,29 +239,179 @@ def inverse_cdf(p, t, target):
             return start + last
         cumulative += w
     for j in range(p.size - 1, -1, -1):
-        if p[j] >= t:
+        if p[j] >= lo and p[j] <= hi:
             return j
-    return EMPTY_ROW  # not reached: the row's max has p = 1 >= t
+    return EMPTY_ROW  # not reached: the row's max has p = 1 in the band
+
+
+# --- top-n-sigma and typical sampling -----------------------------------------------------------
+
+@reduction
+def _block_count_finite(block, sel):
+    zero = 0.0
+    total = 0.0
+    for j in range(block.size):
+        total += pick(sel, j, 1.0 if block[j] > -np.inf else zero, zero)
+    return total
+
+
+@reduction
+def _block_deviation(block, sel, centre, square):
+    # sum of (v - centre), or of its square, over the selected values above -inf, in float64
+    # (a select on the loop-invariant ``square``, not ``** power``: pow does not vectorise)
+    zero = 0.0
+    one = 1.0
+    total = 0.0
+    for j in range(block.size):
+        v = block[j]
+        d = np.float64(v) - centre
+        term = d * (d if square else one)
+        total += pick(sel, j, term if v > -np.inf else zero, zero)
+    return total
 
 
 @building_block
-def filtered_draw(p, min_p, top_k, top_p, u, buffer):
-    """Draw from the scratch row ``p`` (max 1, 0 for tokens left out) after the min-p, top-k
-    and top-p filters, in that order; ``top_k`` 0 and ``top_p`` 1 mean no such filter.
-    ``buffer``: scratch for the end of the searches."""
-    one = cast_like(p, 1.0)
-    above_all = key_value(order_key(one) + 1, p)
-    smallest_positive = key_value(1, p)  # p = 0 (masked out, or underflow) is never drawn
-    t = max(cast_like(p, min_p), smallest_positive)
-    if top_k > 0:
-        count = weigh(p, t, above_all, one)[0]
-        if count > top_k:
-            t = threshold_search(p, one, np.float64(top_k), t, above_all, count, buffer)
-    mass, count = weigh(p, t, above_all, None)
-    if top_p < 1.0:
-        t = threshold_search(p, None, top_p * mass, t, above_all, count, buffer)
-        mass = weigh(p, t, t, None)[0]
-    return inverse_cdf(p, t, u * mass)
+def finite_std(row, sel, m):
+    """The (population) standard deviation of the selected values of ``row`` above -inf
+    (``m``, their maximum, is finite): two passes, the mean first."""
+    count = 0.0
+    total = 0.0
+    for start in range(0, row.size, BLOCK):
+        stop = min(start + BLOCK, row.size)
+        count += _block_count_finite(row[start:stop], row_of(sel, start, stop - start))
+        total += _block_deviation(row[start:stop], row_of(sel, start, stop - start),
+                                  np.float64(m), False)
+    mean = np.float64(m) + total / count
+    squares = 0.0
+    for start in range(0, row.size, BLOCK):
+        stop = min(start + BLOCK, row.size)
+        squares += _block_deviation(row[start:stop], row_of(sel, start, stop - start), mean,
+                                    True)
+    return np.sqrt(squares / count)
+
+
+@reduction
+def _block_p_log_p(p, row, t, m, inv_t):
+    # sum of p * log(p) over the values p >= t, log(p) = (row - m) * inv_t: no log taken
+    zero = cast_like(p, 0.0)
+    total = zero
+    for j in range(p.size):
+        total += p[j] * ((row[j] - m) * inv_t) if p[j] >= t else zero
+    return total
+
+
+@building_block
+def kept_entropy(p, row, t, m, inv_t, mass):
+    """The entropy of the distribution ``p / mass`` over the values ``p >= t`` of the scratch
+    row (``p = exp((row - m) * inv_t)``): ``log(mass) - sum(p log p) / mass``."""
+    total = 0.0
+    for start in range(0, p.size, BLOCK):
+        stop = min(start + BLOCK, p.size)
+        total += np.float64(_block_p_log_p(p[start:stop], row[start:stop], t, m, inv_t))
+    return np.log(mass) - total / mass
+
+
+@reduction
+def _block_smallest_at_least(block, t):
+    # the smallest value >= t (+inf if none), as a max of negated values: maximum vectorises
+    m = cast_like(block, -np.inf)
+    neg_inf = cast_like(block, -np.inf)
+    for j in range(block.size):
+        v = block[j]
+        m = maximum(m, -v if v >= t else neg_inf)
+    return m
+
+
+@building_block
+def smallest_at_least(p, t):
+    """The smallest value of ``p`` at least ``t`` (+inf if none)."""
+    m = cast_like(p, -np.inf)
+    for start in range(0, p.size, BLOCK):
+        m = maximum(m, _block_smallest_at_least(p[start:min(start + BLOCK, p.size)], t))
+    return -m
+
+
+@building_block
+def band_edges(p, c, tau, t):
+    """The values of ``p`` whose distance ``|log(p / c)|`` is at most ``tau``: the interval
+    ``[max(t, c e**-tau), c e**tau]``, in the dtype of ``p``."""
+    return max(t, cast_like(p, c * np.exp(-tau))), cast_like(p, c * np.exp(tau))
+
+
+@building_block
+def typical_band(p, row, t, top, m, inv_t, mass, typical_p, buffer):
+    """Locally typical sampling (Meister et al. 2023; Hugging Face's ``TypicalLogitsWarper``)
+    over the values of ``p`` in ``[t, top]`` (mass ``mass``): rank them by ``|-log q - H|``
+    (``q = p / mass``, ``H`` its entropy) and keep the smallest set of the best ranked
+    reaching ``typical_p`` of the mass, and every value tied with the last one. With
+    ``c = mass e**-H``, that distance is ``|log(p / c)|``, so the kept values form an
+    interval of ``p``: returned as ``(lo, hi)``.
+
+    The interval's half-width ``tau`` (in log space) is bisected, a pass of masses and counts
+    a step, until at most ``buffer.size`` values lie between the bounds; those are gathered,
+    sorted, and walked in order of distance from both sides of ``c``."""
+    target = typical_p * mass
+    c = mass * np.exp(-kept_entropy(p, row, t, m, inv_t, mass))
+    tau_lo = 0.0
+    # the farthest kept value from c: the largest (1) or the smallest (not t: that may be far
+    # below every value, e.g. the smallest subnormal)
+    smallest = smallest_at_least(p, t)
+    tau_hi = max(np.log(1.0 / c), np.log(c / np.float64(smallest)), 0.0) * 1.0000001 + 1e-300
+    lo_lo, hi_lo = band_edges(p, c, tau_lo, t)
+    w_lo = band_mass(p, lo_lo, hi_lo)
+    if w_lo >= target:
+        return lo_lo, hi_lo
+    lo_hi, hi_hi = t, top  # every value kept so far: the band of tau_hi, whatever the rounding
+    inside = band_count(p, lo_hi, hi_hi) - band_count(p, lo_lo, hi_lo)
+    while inside > buffer.size:
+        tau = 0.5 * (tau_lo + tau_hi)
+        lo, hi = band_edges(p, c, tau, t)
+        if tau <= tau_lo or tau >= tau_hi or (lo == lo_lo and hi == hi_lo) or (
+                lo == lo_hi and hi == hi_hi):
+            return lo_hi, hi_hi  # nothing left to split: the values between are tied
+        w = band_mass(p, lo, hi)
+        count = band_count(p, lo, hi)
+        if w >= target:
+            inside -= band_count(p, lo_hi, hi_hi) - count
+            tau_hi, lo_hi, hi_hi = tau, lo, hi
+        else:
+            inside -= count - band_count(p, lo_lo, hi_lo)
+            tau_lo, lo_lo, hi_lo, w_lo = tau, lo, hi, w
+    # the values in the outer band but not the inner one, sorted: below c, then above
+    n = 0
+    for j in range(p.size):
+        v = p[j]
+        if v >= lo_hi and v <= hi_hi and not (v >= lo_lo and v <= hi_lo) and n < buffer.size:
+            buffer[n] = v
+            n += 1
+    values = buffer[:n]
+    values.sort()
+    below = 0
+    while below < n and np.float64(values[below]) < c:
+        below += 1
+    i, k = below - 1, below  # next below c (walking down), next above (walking up)
+    total = w_lo
+    lo, hi = lo_lo, hi_lo
+    reached = -1.0
+    while i >= 0 or k < n:
+        d_below = np.log(c / np.float64(values[i])) if i >= 0 else np.inf
+        d_above = np.log(np.float64(values[k]) / c) if k < n else np.inf
+        d = min(d_below, d_above)
+        if reached >= 0.0 and d > reached:
+            break
+        if d_below <= d_above:
+            total += np.float64(values[i])
+            lo = min(lo, values[i])
+            i -= 1
+        else:
+            total += np.float64(values[k])
+            hi = max(hi, values[k])
+            k += 1
+        if reached < 0.0 and total >= target:
+            reached = d  # keep the values tied with this one too
+    if reached < 0.0:
+        return lo_hi, hi_hi  # rounding: the walk fell short of the outer band's mass
+    return lo, hi
 
 
 # --- special rows ------------------------------------------------------------------------------
@@ -257,45 +453,283 @@ def unsampleable(m):
     return 0
 
 
-# --- kernels -----------------------------------------------------------------------------------
-# Layout, tasks and dtypes as in kernels/softmax.py; ``out[r]`` receives the drawn column.
+@building_block
+def count_equal(row, sel, value):
+    """How many selected elements of ``row`` equal ``value``."""
+    count = 0
+    for j in range(row.size):
+        if pick(sel, j, row[j] == value, False):
+            count += 1
+    return count
+
+
+# --- filters -----------------------------------------------------------------------------------
+
+@building_block
+def filtered_band(p, row, sel, m, inv_t, params, top_k, buffer):
+    """The interval ``[lo, hi]`` of the values of the scratch row ``p`` (max 1, 0 for tokens
+    left out) kept by the filters, in the order top-n-sigma, min-p, top-k, top-p, typical-p
+    (the first two are thresholds relative to the maximum: they commute), and the mass kept.
+    ``row``: the logits ``p`` was computed from (``p = exp((row - m) * inv_t)``)."""
+    one = cast_like(p, 1.0)
+    above_all = key_value(order_key(one) + 1, p)
+    smallest_positive = key_value(1, p)  # p = 0 (masked out, or underflow) is never drawn
+    t = max(cast_like(p, params[MIN_P]), smallest_positive)
+    n_sigma = params[N_SIGMA]
+    if n_sigma < np.inf:  # keep row >= m - n_sigma * std(row)
+        t = max(t, cast_like(p, np.exp(-n_sigma * finite_std(row, sel, m)
+                                       * np.float64(inv_t))))
+    if top_k > 0:
+        count = weigh(p, t, above_all, one)[0]
+        if count > top_k:
+            t = threshold_search(p, one, np.float64(top_k), t, above_all, count, buffer)
+    if params[TOP_P] < 1.0:
+        mass, count = weigh(p, t, above_all, None)
+        t = threshold_search(p, None, params[TOP_P] * mass, t, above_all, count, buffer)
+    lo, hi = t, above_all
+    if params[TYPICAL_P] < 1.0:
+        lo, hi = typical_band(p, row, t, above_all, m, inv_t, band_mass(p, t, above_all),
+                              params[TYPICAL_P], buffer)
+    return lo, hi, band_mass(p, lo, hi)
+
+
+# --- the logits a row is drawn from: bias and penalties -------------------------------------------
+
+@building_block
+def apply_edits(v, bias_tokens, bias_values, b0, b1, history, h0, h1, counts, params):
+    """Edit ``v``, the row's logits in a scratch row (the caller's logits are never written):
+    add the biases of ``bias_tokens[b0:b1]`` (-inf: the logit becomes -inf), then penalise
+    each distinct token of ``history[h0:h1]`` once, as vLLM does: repetition (CTRL: a
+    positive logit divided by the penalty, another multiplied), then the frequency penalty
+    times its count and the presence penalty subtracted. Each edit is computed in float64
+    and rounded once. ``counts``: zeros of the row's length, left zero."""
+    for i in range(b0, b1):
+        j = bias_tokens[i]
+        bias = bias_values[i]
+        # -inf bans the token whatever its logit (+inf + -inf would be NaN: an error)
+        v[j] = cast_like(v, np.float64(v[j]) + bias if bias > -np.inf else bias)
+    repetition = params[REPETITION]
+    presence = params[PRESENCE]
+    frequency = params[FREQUENCY]
+    if h1 == h0 or (repetition == 1.0 and presence == 0.0 and frequency == 0.0):
+        return
+    for i in range(h0, h1):
+        counts[history[i]] += 1
+    for i in range(h0, h1):
+        j = history[i]
+        c = counts[j]
+        if c:
+            counts[j] = 0
+            value = np.float64(v[j])
+            if repetition != 1.0:
+                value = value / repetition if value > 0.0 else value * repetition
+            value = value - frequency * c
+            value = value - presence
+            v[j] = cast_like(v, value)
+
+
+@building_block
+def edited(b0, b1, h0, h1, params):
+    """Whether a row's logits are edited: it has biases, or a history and a penalty."""
+    return b1 > b0 or (h1 > h0 and (params[REPETITION] != 1.0 or params[PRESENCE] != 0.0
+                                    or params[FREQUENCY] != 0.0))
+
+
+# --- log-probabilities ---------------------------------------------------------------------------
+
+@building_block
+def top_between(vals, sel, lo, hi, tokens, values):
+    """The ``tokens.size`` largest selected values of ``vals`` in ``[lo, hi]`` and above -inf,
+    largest first, ties to the lower index: their indices into ``tokens`` and values (float64)
+    into ``values``; returns how many were found. A block whose maximum cannot enter the full
+    list is skipped after one vectorised max (of all its selected values: a bound)."""
+    n = tokens.size
+    found = 0
+    if n == 0:
+        return found
+    for start in range(0, vals.size, BLOCK):
+        stop = min(start + BLOCK, vals.size)
+        block = vals[start:stop]
+        bsel = row_of(sel, start, stop - start)
+        if found == n and not np.float64(row_max(block, bsel)) > values[n - 1]:
+            continue
+        for j in range(block.size):
+            v = block[j]
+            if pick(bsel, j, v >= lo and v <= hi and v > -np.inf, False):
+                f = np.float64(v)
+                if found < n:
+                    i = found
+                    found += 1
+                elif f > values[n - 1]:
+                    i = n - 1
+                else:
+                    continue
+                while i > 0 and values[i - 1] < f:  # after equal values: lower index first
+                    tokens[i] = tokens[i - 1]
+                    values[i] = values[i - 1]
+                    i -= 1
+                tokens[i] = start + j
+                values[i] = f
+    return found
+
+
+@building_block
+def fill_top(tokens, values, found, n_cols):
+    """After ``found`` ranked tokens, the lowest indices not among them, at -inf (every other
+    token's log-probability: ties go to the lower index)."""
+    j = 0
+    for i in range(found, tokens.size):
+        while j < n_cols:
+            member = False
+            for k in range(found):
+                if tokens[k] == j:
+                    member = True
+                    break
+            if not member:
+                break
+            j += 1
+        tokens[i] = j
+        values[i] = -np.inf
+        j += 1
+
+
+@building_block
+def raw_logprobs(row, sel, tokens, values):
+    """For the raw logits of a row: ``(max, log of its sum of exponentials)``, and its top
+    tokens ranked into ``tokens``/``values`` as log-probabilities. A row holding +inf is the
+    limit of the softmax: its +inf tokens share the probability (log = -log(count))."""
+    m = row_max(row, sel)
+    if m == np.inf:
+        found = top_between(row, sel, m, m, tokens, values)
+        log_s = np.log(np.float64(count_equal(row, sel, m)))
+        for i in range(found):
+            values[i] = -log_s
+    else:
+        log_s = np.log(sum_exp(row, sel, m, None, row[:0]))
+        found = top_between(row, sel, -np.inf, np.inf, tokens, values)
+        for i in range(found):
+            values[i] = (values[i] - np.float64(m)) - log_s
+    fill_top(tokens, values, found, row.size)
+    return m, log_s
+
+
+@building_block
+def raw_logprob_of(value, m, log_s):
+    """The raw log-probability of a token of logit ``value`` (see :func:`raw_logprobs`)."""
+    if m == np.inf:
+        return -log_s if value == np.inf else -np.inf
+    return (np.float64(value) - np.float64(m)) - log_s
+
+
+# --- one row -----------------------------------------------------------------------------------
+# The per-row parameters, columns of a float64 array of shape (rows, N_PARAMS) filled by the
+# argument layer (neutral values switch a filter or penalty off).
+INV_T, MIN_P, TOP_P, TYPICAL_P, N_SIGMA, REPETITION, PRESENCE, FREQUENCY, UNIFORM = range(9)
+N_PARAMS = 9
+# What a call returns besides the tokens.
+NO_LOGPROBS, RAW, PROCESSED = 0, 1, 2
+
+
+@building_block
+def draw_row(row, sel, p, buffer, params, top_k, mode, tokens, values, ahead):
+    """The token drawn from the logits ``row`` (already edited), or a negative code; with
+    ``mode`` PROCESSED, the log-probabilities of the distribution it is drawn from: the top
+    tokens into ``tokens``/``values``, and ``(token, its log-probability)`` returned."""
+    m = row_max(row, sel)
+    code = unsampleable(m)
+    if code:
+        return code, np.nan
+    inv_t = params[INV_T]
+    u = params[UNIFORM]
+    if m == np.inf or inv_t == 0.0:
+        if inv_t == 0.0:
+            token = first_equal(row, sel, m)
+            logprob = 0.0
+            found = 0
+            if mode == PROCESSED and tokens.size:
+                tokens[0] = token
+                values[0] = 0.0
+                found = 1
+        else:
+            token = uniform_among_inf(row, sel, u)
+            logprob = -np.log(np.float64(count_equal(row, sel, m)))
+            found = top_between(row, sel, m, m, tokens, values) if mode == PROCESSED else 0
+            for i in range(found):
+                values[i] = logprob
+        if mode == PROCESSED:
+            fill_top(tokens, values, found, row.size)
+        return token, logprob
+    scale = cast_like(p, inv_t)
+    exp_store_sum(row, sel, m, scale, p, ahead)
+    lo, hi, mass = filtered_band(p, row, sel, m, scale, params, top_k, buffer)
+    token = inverse_cdf(p, lo, hi, u * mass)
+    log_mass = np.log(mass)
+    logprob = (np.float64(row[token]) - np.float64(m)) * inv_t - log_mass
+    if mode == PROCESSED:
+        found = top_between(p, None, lo, hi, tokens, values)
+        for i in range(found):
+            values[i] = (np.float64(row[tokens[i]]) - np.float64(m)) * inv_t - log_mass
+        fill_top(tokens, values, found, row.size)
+    return token, logprob
+
+
+@building_block
+def sample_row(src, sel, values_row, p, buffer, counts, params, top_k, history, h0, h1,
+               bias_tokens, bias_values, b0, b1, mode, tokens, values, ahead):
+    """``(token or code, log-probability)`` of one row of the caller's logits ``src``: edited
+    in the scratch row ``values_row`` when it has biases or penalties (the raw log-probabilities
+    taken first), else read where it is."""
+    raw_m = 0.0
+    raw_log_s = 0.0
+    if edited(b0, b1, h0, h1, params):
+        edits = load_copy(src, values_row)
+        if mode == RAW:
+            raw_m, raw_log_s = raw_logprobs(edits, sel, tokens, values)
+        apply_edits(edits, bias_tokens, bias_values, b0, b1, history, h0, h1, counts, params)
+        token, logprob = draw_row(edits, sel, p, buffer, params, top_k, mode, tokens, values,
+                                  ahead)
+    else:
+        row = load(src, values_row)
+        if mode == RAW:
+            raw_m, raw_log_s = raw_logprobs(row, sel, tokens, values)
+        token, logprob = draw_row(row, sel, p, buffer, params, top_k, mode, tokens, values,
+                                  ahead)
+    if mode == RAW and token >= 0:
+        logprob = raw_logprob_of(load(src[token:token + 1], buffer)[0], raw_m, raw_log_s)
+    return token, logprob
+
+
+# --- the kernel --------------------------------------------------------------------------------
+# Layout, tasks and dtypes as in kernels/softmax.py.
 
 @kernel_pair
-def greedy_rows(x, x_stride, mask, mask_stride, n_rows, n_cols, out, n_tasks):
-    """out[r] = the first selected index of row r's maximum (temperature 0)."""
-    for task in prange(n_tasks):
-        buf = row_buffer(x, n_cols)
-        first, end = task_rows(task, n_tasks, n_rows)
-        for r in range(first, end):
-            sel = row_of(mask, r * mask_stride, n_cols)
-            row, m = load_max(x[r * x_stride:r * x_stride + n_cols], sel, buf)
-            code = unsampleable(m)
-            out[r] = code if code else first_equal(row, sel, m)
+def sample_rows(x, x_stride, mask, mask_stride, n_rows, n_cols, params, top_k, history,
+                history_bounds, bias_tokens, bias_values, bias_bounds, has_history, mode, out,
+                logprobs, top_tokens, top_values, n_tasks):
+    """out[r] = a token drawn for row r (``params[r]``: its temperature, filters, penalties
+    and uniform number; ``top_k[r]``, 0 for none), or a negative code; with ``mode`` RAW or
+    PROCESSED, ``logprobs[r]`` its log-probability and ``top_tokens``/``top_values`` (rows
+    of ``n_top`` values, flat) the row's most likely tokens. The edits of row r: the tokens
+    ``history[history_bounds[r, 0]:history_bounds[r, 1]]`` and the biases
+    ``bias_tokens/bias_values[bias_bounds[r, 0]:bias_bounds[r, 1]]``.
 
-
-@kernel_pair
-def sample_rows(x, x_stride, mask, mask_stride, n_rows, n_cols, inv_t, min_p, top_k, top_p,
-                u, out, n_tasks):
-    """out[r] = a token drawn from softmax(x[r] * inv_t) after the filters, with uniform u[r].
-
-    Each task has one scratch row (``n_cols + GATHER`` values of the compute type): the
-    probabilities ``p`` of its current row, then the candidates at the end of a search.
+    Each task has its scratch: a row of edited logits, the probabilities ``p`` of its current
+    row and the candidates at the end of a search (compute type), and token counts (when
+    some row has a history).
     """
+    n_top = top_tokens.size // max(n_rows, 1)
     for task in prange(n_tasks):
-        scratch = compute_buffer(x, n_cols + GATHER)
-        p = scratch[:n_cols]
-        buffer = scratch[n_cols:]
+        scratch = compute_buffer(x, 2 * n_cols + GATHER)
+        counts = np.zeros(n_cols if has_history else 0, np.int32)
         first, end = task_rows(task, n_tasks, n_rows)
         for r in range(first, end):
-            src = x[r * x_stride:r * x_stride + n_cols]
-            sel = row_of(mask, r * mask_stride, n_cols)
-            row, m = load_max(src, sel, p)
-            code = unsampleable(m)
-            if code:
-                out[r] = code
-            elif m == np.inf:
-                out[r] = uniform_among_inf(row, sel, u[r])
-            else:
-                exp_store_sum(row, sel, m, inv_t, result_target(src, p),
-                              next_row(x, r, n_rows, x_stride, n_cols))
-                out[r] = filtered_draw(p, min_p, top_k, top_p, u[r], buffer)
+            token, logprob = sample_row(
+                x[r * x_stride:r * x_stride + n_cols], row_of(mask, r * mask_stride, n_cols),
+                scratch[:n_cols], scratch[n_cols:2 * n_cols], scratch[2 * n_cols:], counts,
+                params[r], top_k[r], history, history_bounds[r, 0], history_bounds[r, 1],
+                bias_tokens, bias_values, bias_bounds[r, 0], bias_bounds[r, 1], mode,
+                top_tokens[r * n_top:(r + 1) * n_top], top_values[r * n_top:(r + 1) * n_top],
+                next_row(x, r, n_rows, x_stride, n_cols))
+            out[r] = token
+            if mode:
+                logprobs[r] = logprob

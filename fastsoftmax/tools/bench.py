@@ -49,6 +49,10 @@ QUICK_DECODE_CASES = tuple(
 # F.kl_div and autograd), time and peak memory
 QUICK_DISTILL_CASES = tuple((function, (2048, 32000), "float32")
                             for function in ("kl_div", "kl_div_grad", "jsd", "jsd_grad"))
+# with --quick: a serving engine's decode step, one sampling call on a 64-request batch of a
+# 128K vocabulary: one set of parameters, every row's own with penalties, and with logprobs
+QUICK_SAMPLING_CASES = tuple((case, (64, 128256), "float32") for case in (
+    "sample_uniform", "sample_mixed", "sample_mixed_logprobs"))
 FULL_SHAPES = ((1, 1000), (1024, 1000), (65536, 128), (16, 262144), (1, 4194304),
                (2048, 32000), (256, 128256))
 

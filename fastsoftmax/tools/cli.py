@@ -101,6 +101,7 @@ def bench_cases(args) -> list:
         cases += [bench.Case(*case) for case in bench.QUICK_DECODE_CASES]
         cases += [bench.Case(*case) for case in bench.QUICK_SPARSE_CASES]
         cases += [bench.Case(*case) for case in bench.QUICK_DISTILL_CASES]
+        cases += [bench.Case(*case) for case in bench.QUICK_SAMPLING_CASES]
     return cases
 
 

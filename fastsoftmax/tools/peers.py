@@ -66,12 +66,26 @@ def installed_peers() -> list[str]:
     return [name for name in PEERS if is_installed(name)]
 
 
+def case_kwargs(case: str, x) -> dict:
+    """The keyword arguments of ``case`` on the batch ``x`` (a registry entry may be a
+    function of the batch: one value per row)."""
+    kwargs = CASES[case][1]
+    return kwargs(x) if callable(kwargs) else kwargs
+
+
+def _options(case: str) -> dict:
+    """The keyword arguments of ``case`` that do not depend on the batch (a function of the
+    batch gives parameters of its rows, never ``return_grad``)."""
+    kwargs = CASES[case][1]
+    return {} if callable(kwargs) else kwargs
+
+
 def applies(implementation: str, case: str, dtype: str) -> bool:
     """True when ``implementation`` has a version of ``case`` on ``dtype`` input: the
     reference unless the operation says it is too slow to time, the peers the operation
     lists, fastsoftmax's preallocated variant where the function takes one, the float32
     detour for half precision only, SciPy without bfloat16."""
-    op, kwargs = CASES[case]
+    op, kwargs = CASES[case][0], _options(case)
     half = dtype in ("float16", "bfloat16")
     if implementation == "fastsoftmax":
         return True
@@ -101,7 +115,7 @@ def result_bytes(case: str, x: np.ndarray) -> int:
     """Bytes one call moves at least: the inputs of the shape of ``x`` (the logits; a
     teacher's too) read once and the result written once (for cases whose result is a few
     bytes a row, the inputs read once)."""
-    op, kwargs = CASES[case]
+    op, kwargs = CASES[case][0], _options(case)
     read = sum(np.asarray(a).nbytes for a in op.calls[0](x)[0] if np.shape(a) == x.shape)
     if op.reduces and not kwargs.get("return_grad"):
         return read + (x.size // max(x.shape[-1], 1)) * x.itemsize
@@ -111,7 +125,7 @@ def result_bytes(case: str, x: np.ndarray) -> int:
 def _call(function, case, x, make=None):
     """A callable running ``function`` (fastsoftmax's or the reference's) on the case's call
     on ``x``; ``make``: a new input made at every call (the conversion is part of the time)."""
-    op, kwargs = CASES[case]
+    op, kwargs = CASES[case][0], case_kwargs(case, x)
     args = op.calls[0](x)[0]
     if make is None:
         return lambda: function(*args, **kwargs)
@@ -127,7 +141,7 @@ def _fastsoftmax(case, x):
 
 
 def _fastsoftmax_out(case, x):
-    op, kwargs = CASES[case]
+    op, kwargs = CASES[case][0], _options(case)
     name = _out_argument(op, kwargs)
     if name is None:
         raise NotImplementedError(f"{case} has no preallocated-output variant")
@@ -175,8 +189,10 @@ def _scipy(case, x):
 def _torch_sampler(kwargs, tensor):
     """The usual PyTorch CPU pipeline for a sampling case: top-k by ``torch.topk``, softmax
     and multinomial; top-p by softmax, sort, cumsum, mask and multinomial; plain sampling by
-    softmax and multinomial."""
+    softmax and multinomial; a serving batch (both filters, penalties): :func:`_torch_serving`."""
     import torch
+    if "previous_tokens" in kwargs or ("top_k" in kwargs and "top_p" in kwargs):
+        return _torch_serving(kwargs, tensor)
     generator = torch.Generator().manual_seed(0)
     temperature = kwargs.get("temperature", 1.0)
     if "top_k" in kwargs:
@@ -198,6 +214,61 @@ def _torch_sampler(kwargs, tensor):
         return top_p
     return lambda: torch.multinomial(torch.softmax(tensor / temperature, dim=-1), 1,
                                      generator=generator)
+
+
+def _torch_serving(kwargs, tensor):
+    """A serving engine's sampler in PyTorch, as vLLM writes it: parameters one value per row
+    (columns of tensors), penalties from the history by ``scatter_add`` (token counts), then
+    repetition, frequency and presence; a logit bias; temperature; one sort for top-k and top-p
+    (masks on the sorted rows, softmax, cumsum), and ``multinomial``. With
+    ``return_logprobs``: ``log_softmax`` of the logits and ``topk`` of it. One generator for
+    the batch (per-row seeds would need a loop over rows: left out, in PyTorch's favour)."""
+    import torch
+    n_rows, n_cols = tensor.shape
+
+    def column(name, default, dtype=np.float32):
+        value = np.asarray(kwargs.get(name, default), dtype).reshape(-1)
+        return torch.from_numpy(np.broadcast_to(value, (n_rows,)).copy())[:, None]
+
+    inv_t = column("temperature", 1.0)
+    greedy = inv_t == 0
+    inv_t = torch.where(greedy, 1.0, 1.0 / inv_t)
+    top_p = column("top_p", 1.0)
+    top_k = column("top_k", n_cols, np.int64).clamp(1, n_cols)
+    history = kwargs.get("previous_tokens")
+    if history is not None:
+        history = torch.from_numpy(np.asarray(history, np.int64).reshape(n_rows, -1))
+        valid = (history >= 0).to(tensor.dtype)
+        history = history.clamp(min=0)
+        penalties = [column(name, default) for name, default in (
+            ("repetition_penalty", 1.0), ("frequency_penalty", 0.0), ("presence_penalty", 0.0))]
+    bias = torch.zeros(n_cols, dtype=tensor.dtype)
+    for token, value in (kwargs.get("logit_bias") or {}).items():
+        bias[token] = value
+    top = kwargs.get("top_logprobs", 0)
+    generator = torch.Generator().manual_seed(0)
+
+    def serve():
+        logits = tensor + bias
+        if history is not None:
+            repetition, frequency, presence = penalties
+            counts = torch.zeros_like(logits).scatter_add_(1, history, valid.expand_as(history))
+            seen = counts > 0
+            penalised = torch.where(logits > 0, logits / repetition, logits * repetition)
+            logits = torch.where(seen, penalised, logits) - frequency * counts - presence * seen
+        argmax = logits.argmax(dim=-1, keepdim=True)
+        ranked, order = torch.sort(logits * inv_t, dim=-1, descending=True)
+        ranked = ranked.masked_fill(ranked < ranked.gather(1, top_k - 1), -torch.inf)
+        probs = torch.softmax(ranked, dim=-1)
+        probs = probs.masked_fill(torch.cumsum(probs, dim=-1) - probs >= top_p, 0.0)
+        chosen = torch.gather(order, -1, torch.multinomial(probs, 1, generator=generator))
+        chosen = torch.where(greedy, argmax, chosen)
+        if not kwargs.get("return_logprobs"):
+            return chosen
+        logprobs = torch.log_softmax(tensor, dim=-1)
+        best = torch.topk(logprobs, top, dim=-1)
+        return chosen, logprobs.gather(1, chosen), best.indices, best.values
+    return serve
 
 
 def _torch_confidence(tensor):
@@ -264,7 +335,7 @@ def _torch(case, x):
     import torch
     tensor = as_tensor(x)
     if op.name == "sample":
-        return _torch_sampler(kwargs, tensor)
+        return _torch_sampler(case_kwargs(case, x), tensor)
     if op.name == "confidence":
         return _torch_confidence(tensor)
     if op.name == "fit_temperature":
