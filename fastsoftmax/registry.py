@@ -110,6 +110,21 @@ def _weights(x) -> np.ndarray:
                                            size=np.shape(x)[-1]).astype(dtype)
 
 
+def _class_weights(x) -> np.ndarray:
+    """A positive weight per class of ``x`` (fixed seed): a cross-entropy's ``weight``."""
+    return np.random.default_rng(3).uniform(0.5, 2.0, np.shape(x)[-1]).astype(np.float32)
+
+
+def _probabilities(x) -> np.ndarray:
+    """A probability distribution over the classes of each row of ``x`` (fixed seed, some
+    classes 0): a cross-entropy's probability targets."""
+    rng = np.random.default_rng(4)
+    p = rng.exponential(size=np.shape(x)) * (rng.random(np.shape(x)) < 0.7)
+    p[..., 0] += 1e-3  # no row of zeros
+    dtype = np.float64 if getattr(x, "dtype", None) == np.float64 else np.float32
+    return (p / p.sum(axis=-1, keepdims=True)).astype(dtype)
+
+
 def _drawn_labels(x) -> np.ndarray:
     """Class indices drawn from ``softmax(x / 2)`` for the rows of ``x`` (fixed seed, by the
     Gumbel-max trick, a few thousand rows at a time): the labels of a model whose logits are
@@ -165,7 +180,14 @@ OPERATIONS = {op.name: op for op in (
         "cross_entropy", reference.cross_entropy,
         (grad.cross_entropy_rows, grad.cross_entropy_grad_rows),
         (lambda x: ((x, _targets(x)), {}),
-         lambda x: ((x, _targets(x)), {"return_grad": True, "label_smoothing": 0.1})),
+         lambda x: ((x, _targets(x)), {"return_grad": True, "label_smoothing": 0.1}),
+         # the options: compiled in where they are given, away where not
+         lambda x: ((x, _targets(x)), {"return_grad": True, "weight": _class_weights(x),
+                                       "label_smoothing": 0.05, "z_loss": 1e-3,
+                                       "softcap": 20.0, "return_lse": True}),
+         lambda x: ((x, _probabilities(x)), {"weight": _class_weights(x), "z_loss": 1e-3,
+                                             "softcap": 20.0, "return_lse": True}),
+         lambda x: ((x, _probabilities(x)), {"return_grad": True, "label_smoothing": 0.1})),
         reduces=True, bench={"cross_entropy": {}, "cross_entropy_grad": {"return_grad": True}},
         peers=("torch",)),
     Operation(
