@@ -12,6 +12,7 @@ from .api import log_softmax, logsumexp, softmax, warmup
 from .calibration import (Confidence, Reliability, calibration_error, confidence,
                           fit_temperature, reliability)
 from .gradients import cross_entropy, log_softmax_backward, softmax_backward
+from .linear import linear_cross_entropy
 from .parallel import threads
 from .sampling import sample
 from .sparse import (entmax15, entmax15_loss, entmax_backward, entmax_bisect,
@@ -23,5 +24,5 @@ __all__ = [
     "cross_entropy", "sample", "confidence", "fit_temperature", "calibration_error",
     "reliability", "Confidence", "Reliability", "sparsemax", "entmax15", "entmax_bisect",
     "sparsemax_backward", "entmax_backward", "sparsemax_loss", "entmax15_loss",
-    "entmax_bisect_loss", "warmup", "threads", "reference", "__version__",
+    "entmax_bisect_loss", "linear_cross_entropy", "warmup", "threads", "reference", "__version__",
 ]

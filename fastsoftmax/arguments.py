@@ -432,7 +432,7 @@ def cast_result(values, dtype: np.dtype, bits_only: bool):
         with np.errstate(all="ignore"):
             halfbits.narrow(np.ascontiguousarray(values, np.float32).reshape(-1), bits)
         return bits.reshape(values.shape)[()]
-    return values.astype(dtype)[()]
+    return values.astype(dtype, copy=False)[()]  # our own arrays: no copy needed
 
 
 def mask_rows(where, x_shape, axis, func: str):
@@ -815,15 +815,19 @@ class CrossEntropyRows:
                 2.0 * self.z_loss / count if count else 0.0)
 
     def batch(self, start, stop, grad=None, grad_stride=0, in_place=False,
-              finish=lambda: None) -> Batch:
+              finish=lambda: None, logits=None) -> Batch:
         """The batch of rows [start, stop) of flat rows (or all rows of a 3-D ``x``): the loss
-        kernel, or with ``grad`` (or ``in_place``) the gradient kernel writing there."""
+        kernel, or with ``grad`` (or ``in_place``) the gradient kernel writing there.
+        ``logits``: those rows' logits (flat, ``x_stride`` apart), when ``x`` holds none
+        (linear_cross_entropy computes them a chunk at a time)."""
         x, p, targets, losses, lses = self.x, self.p, self.targets, self.losses, self.lses
         if (start, stop) != (0, self.n_rows):  # rows of flat rows: a few rows of the batch
-            x = x[start * self.x_stride:]
+            x = x[start * self.x_stride:] if logits is None else logits
             p = None if p is None else p[start * self.p_stride:]
             targets, losses = targets[start:stop], losses[start:stop]
             lses = None if lses is None else lses[start:stop]
+        elif logits is not None:
+            x = logits
         n = stop - start
         rows = (x, self.x_stride, targets, self.ignore_index, n, self.n_cols, self.inv_t,
                 self.smoothing, self.w, self.w_total, p, self.p_stride, self.cap)
@@ -937,6 +941,85 @@ def prepare_cross_entropy(op, logits, targets, *, weight, ignore_index, label_sm
         return (value,) + extra + (result,)
 
     return ce.batch(0, n_rows, None if in_place else grad_rows, grad_stride, in_place, finish)
+
+
+@dataclass
+class LinearRows:
+    """A linear_cross_entropy call: ``hidden`` (N, H) and ``weight`` (V, H) in the compute
+    dtype, ``bias`` (V,) or None, the cross-entropy of the logits ``hidden @ weight.T + bias``
+    as :class:`CrossEntropyRows` without logits (computed ``chunk_rows`` rows at a time), and
+    ``finish(loss, grads)``, which gives the caller's results."""
+
+    hidden: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray | None
+    ce: CrossEntropyRows
+    chunk_rows: int
+    return_grad: bool
+    finish: Callable
+
+
+def prepare_linear_cross_entropy(op, hidden, weight, targets, *, bias, ignore_index,
+                                 label_smoothing, reduction, z_loss, softcap, chunk_size,
+                                 chunk_rows, return_grad) -> LinearRows:
+    """Validate a linear cross-entropy: ``hidden`` (rows, features), ``weight`` (classes,
+    features) as in ``torch.nn.Linear``, ``bias`` (classes,), one class index per row.
+    ``chunk_rows(n_rows, n_classes, itemsize, chunk_size)`` (the plan's) sizes the chunks."""
+    func = op.name
+    ho = operand(hidden, func, "hidden")
+    wo = operand(weight, func, "weight")
+    if ho.array.ndim != 2:
+        raise ValueError(f"{func}: hidden must have shape (rows, features), got "
+                         f"{ho.array.shape}")
+    n_rows, features = ho.array.shape
+    if wo.array.ndim != 2 or wo.array.shape[1] != features or wo.array.shape[0] == 0:
+        raise ValueError(f"{func}: weight must have shape (classes, {features}) (at least one "
+                         f"class; torch.nn.Linear's layout), got {wo.array.shape}")
+    n_classes = wo.array.shape[0]
+    operands = [ho, wo]
+    if bias is not None:
+        bo = operand(bias, func, "bias")
+        if bo.array.shape != (n_classes,):
+            raise ValueError(f"{func}: bias must have shape ({n_classes},), one per class, "
+                             f"got {bo.array.shape}")
+        operands.append(bo)
+    kind = common_dtype(ho, wo, func, ("hidden", "weight"))
+    compute, _ = dtype_policy(kind, None, func)
+
+    def values(o):
+        array = widen_bits(o.array) if o.bits_only else o.array
+        return np.asarray(array, compute) if array.dtype != compute or \
+            not array.dtype.isnative else array
+
+    check_choice(reduction, func, "reduction", REDUCTIONS)
+    ignore_index = check_int(ignore_index, func, "ignore_index")
+    smoothing = check_smoothing(label_smoothing, func)
+    z_loss = check_z_loss(z_loss, func)
+    cap = check_softcap(softcap, func, compute)
+    t = check_labels(targets, func, "targets", n_rows, n_classes, ignore_index)
+    kept = t != ignore_index
+    count = int(np.count_nonzero(kept))
+    ce = CrossEntropyRows(
+        op.kernels, None, n_classes, t, ignore_index, n_rows, n_classes, 1.0, smoothing, None,
+        float(n_classes), None, 0, cap, z_loss, reduction, kept, count, float(count),
+        np.empty(n_rows), np.empty(n_rows) if z_loss else None)
+    chunk = chunk_rows(n_rows, n_classes, compute.itemsize,
+                       check_int(chunk_size, func, "chunk_size", minimum=1, none_ok=True))
+
+    def finish(loss, grads):
+        value = cast_result(loss, *_result_kind(ho))
+        if not return_grad:
+            return value
+        return value, tuple(None if g is None else cast_result(g, *_result_kind(o))
+                            for g, o in zip(grads, operands + [None] * (3 - len(operands))))
+
+    return LinearRows(values(ho), values(wo), None if bias is None else values(operands[2]),
+                      ce, chunk, bool(return_grad), finish)
+
+
+def _result_kind(o: Operand):
+    """(result dtype, bits_only) of results in the format of operand ``o``."""
+    return dtype_policy(o, None, "")[1], o.bits_only
 
 
 def _is_probabilities(targets, logits_shape) -> bool:

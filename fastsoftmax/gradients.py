@@ -129,11 +129,11 @@ def cross_entropy(logits, targets, *, weight=None, ignore_index=-100, label_smoo
            [ 0.    ,  0.    ,  0.    ]])
     >>> soft = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])       # class probabilities
     >>> float(cross_entropy(logits, soft, weight=np.array([1.0, 2.0, 1.0]))).__round__(6)
-    2.080189
+    1.728965
     >>> loss, lse = cross_entropy(logits, np.array([0, 2]), z_loss=1e-4, softcap=30.0,
     ...                           return_lse=True)
     >>> lse.round(4)
-    array([2.2395, 1.0986])
+    array([2.2372, 1.0986])
     """
     op = OPERATIONS["cross_entropy"]
     return plan.run(op, arguments.prepare_cross_entropy(

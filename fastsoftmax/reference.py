@@ -20,7 +20,7 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softm
            "cross_entropy", "sampling_probs", "sample", "confidence", "fit_temperature",
            "calibration_error", "reliability", "result_dtype", "Confidence", "Reliability",
            "sparsemax", "entmax15", "entmax_bisect", "sparsemax_backward", "entmax_backward",
-           "sparsemax_loss", "entmax15_loss", "entmax_bisect_loss"]
+           "sparsemax_loss", "entmax15_loss", "entmax_bisect_loss", "linear_cross_entropy"]
 
 # The result types of the calibration functions (fastsoftmax.calibration returns them too).
 Confidence = namedtuple("Confidence", "label prob margin entropy logsumexp")
@@ -281,6 +281,32 @@ def cross_entropy(logits, targets, *, weight=None, ignore_index=-100, label_smoo
         else:
             results += (grad.astype(out_dtype),)
     return results[0] if len(results) == 1 else results
+
+
+def linear_cross_entropy(hidden, weight, targets, *, bias=None, ignore_index=-100,
+                         label_smoothing=0.0, reduction="mean", z_loss=0.0, softcap=None,
+                         chunk_size=None, return_grad=False):
+    """Reference linear cross-entropy: :func:`cross_entropy` of the float64 logits ``hidden @
+    weight.T + bias``, all at once (``chunk_size`` changes nothing here), and the gradients
+    ``(g @ weight, g.T @ hidden, g.sum(axis=0))`` of its gradient ``g``."""
+    h = np.asarray(hidden).astype(np.float64)
+    w = np.asarray(weight).astype(np.float64)
+    logits = h @ w.T
+    if bias is not None:
+        logits = logits + np.asarray(bias).astype(np.float64)
+    result = cross_entropy(logits, targets, ignore_index=ignore_index,
+                           label_smoothing=label_smoothing, reduction=reduction,
+                           z_loss=z_loss, softcap=softcap, return_grad=return_grad)
+    loss = result[0] if return_grad else result
+    loss_dtype = result_dtype(np.asarray(hidden).dtype)
+    loss = loss.astype(loss_dtype) if reduction == "none" else loss_dtype.type(loss)
+    if not return_grad:
+        return loss
+    g = result[1]
+    grads = (g @ w, g.T @ h, None if bias is None else g.sum(axis=0))
+    inputs = (hidden, weight, bias)
+    return loss, tuple(None if d is None else d.astype(result_dtype(np.asarray(a).dtype))
+                       for d, a in zip(grads, inputs))
 
 
 def _class_rows(a, one_row):

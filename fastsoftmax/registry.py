@@ -65,6 +65,12 @@ class Operation:
     dask_whole_rows
         :mod:`fastsoftmax.dask` runs it on dask arrays whose rows it first rechunks whole
         (an operation without a split pass; with one, rows are never rechunked).
+    bench_call
+        ``(x, case keyword arguments) -> (args, kwargs)``: the call its benchmark cases time,
+        when not the first example call with the case's arguments (linear_cross_entropy: a
+        weight of the case's number of classes).
+    bench_memory
+        The benchmarks also report each implementation's peak memory (RSS) during a call.
     """
 
     name: str
@@ -80,6 +86,8 @@ class Operation:
     bench_shapes: tuple = ()
     bench_reference: bool = True
     dask_whole_rows: bool = False
+    bench_call: Callable | None = None
+    bench_memory: bool = False
 
     @property
     def builds(self) -> tuple[str, ...]:
@@ -123,6 +131,50 @@ def _probabilities(x) -> np.ndarray:
     p[..., 0] += 1e-3  # no row of zeros
     dtype = np.float64 if getattr(x, "dtype", None) == np.float64 else np.float32
     return (p / p.sum(axis=-1, keepdims=True)).astype(dtype)
+
+
+def _linear_layer(x, classes=None):
+    """(hidden, weight, bias, targets) of a linear cross-entropy of the rows of ``x`` (the
+    hidden states, fixed seed): a weight of ``classes`` (LINEAR_CLASSES) classes scaled so
+    that the logits spread as logits do, a bias, and class indices."""
+    rng = np.random.default_rng(5)
+    classes = classes or LINEAR_CLASSES
+    features = np.shape(x)[-1]
+    dtype = getattr(x, "dtype", np.float32)  # x's own (bfloat16 bits: float32)
+    dtype = dtype if np.dtype(dtype).kind == "f" or dtype.name == "bfloat16" else np.float32
+    weight = rng.standard_normal((classes, features), np.float32) / np.float32(
+        np.sqrt(features))
+    bias = rng.uniform(-1.0, 1.0, classes).astype(dtype)
+    rows = int(np.prod(np.shape(x)[:-1]))
+    return x, weight.astype(dtype, copy=False), bias, rng.integers(0, classes, rows)
+
+
+def _linear_bench_call(x, kwargs):
+    """A benchmark case of linear_cross_entropy: hidden states ``x``, a weight of
+    ``kwargs["classes"]`` classes, or fewer when it would hold more than 32 times the
+    elements of ``x`` (the cut-down hidden states of a smoke test get a cut-down weight)."""
+    kwargs = dict(kwargs)
+    classes = min(kwargs.pop("classes"), 32 * int(np.prod(np.shape(x)[:-1])))
+    hidden, weight, _, targets = _linear_layer(x, classes)
+    return (hidden, weight, targets), kwargs
+
+
+LINEAR_CLASSES = 37
+
+
+def _linear_calls():
+    """The example calls of linear_cross_entropy: the loss, and the loss and gradients with
+    the options."""
+    def loss(x):
+        hidden, weight, _, targets = _linear_layer(x)
+        return (hidden, weight, targets), {}
+
+    def with_grad(x):
+        hidden, weight, bias, targets = _linear_layer(x)
+        return (hidden, weight, targets), {"bias": bias, "return_grad": True,
+                                           "label_smoothing": 0.1, "z_loss": 1e-3,
+                                           "softcap": 20.0, "chunk_size": 3}
+    return loss, with_grad
 
 
 def _drawn_labels(x) -> np.ndarray:
@@ -199,6 +251,19 @@ OPERATIONS = {op.name: op for op in (
                "sample_top_k": {"top_k": 50, "seed": 0},
                "sample": {"temperature": 0.8, "seed": 0}},
         peers=("torch",)),
+    # the cross-entropy of a linear layer, its logits computed a chunk of rows at a time: the
+    # cross-entropy's kernels (the matrix products are NumPy's); x stands for hidden states
+    Operation(
+        "linear_cross_entropy", reference.linear_cross_entropy,
+        (grad.cross_entropy_rows, grad.cross_entropy_grad_rows), _linear_calls(),
+        reduces=True,
+        # LLM training: 4096 tokens of 1024 features, 32000 and 128256 classes, loss and
+        # gradients; against PyTorch's unfused F.cross_entropy(h @ W.T) + backward() and its
+        # chunked F.linear_cross_entropy. Seconds a call: not in the quick benchmark.
+        bench={"linear_cross_entropy_32k": {"classes": 32000, "return_grad": True},
+               "linear_cross_entropy_128k": {"classes": 128256, "return_grad": True}},
+        peers=("torch", "torch-chunked"), bench_shapes=((4096, 1024),),
+        bench_reference=False, bench_call=_linear_bench_call, bench_memory=True),
     # calibration: a model's logits (rows of classes) and, but for confidence, labels
     Operation(
         "confidence", reference.confidence, (calibration.confidence_rows,),

@@ -82,6 +82,7 @@ class CaseResult:
     errors: dict = field(default_factory=dict)    # implementation -> message
     ratios: dict = field(default_factory=dict)    # peer -> peer min / fastsoftmax min
     ratios_out: dict = field(default_factory=dict)  # peer -> peer min / fastsoftmax out= min
+    peak_bytes: dict = field(default_factory=dict)  # implementation -> peak RSS growth of a call
 
 
 def parse_shapes(text: str) -> list[tuple]:
@@ -150,6 +151,29 @@ def measure_roofline(function: str, x: np.ndarray, repeat: int) -> float:
     return nbytes / min(times) / 1e9
 
 
+def _resident_kb(field_name: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field_name} in /proc/self/status")
+
+
+def peak_memory(fn) -> int | None:
+    """Bytes by which one call of ``fn`` raises the process's peak resident memory (its
+    results included: what a caller needs free to make the call); None where the peak cannot
+    be reset (Linux resets it through /proc/self/clear_refs). NumPy's and PyTorch's
+    allocations alike, unlike tracemalloc."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        before = _resident_kb("VmRSS")
+        fn()
+        return max(0, _resident_kb("VmHWM") - before) * 1024
+    except OSError:
+        return None
+
+
 def run_case(case: Case, implementations, repeat: int, seed: int = 0,
              budget_s: float = 3.0) -> CaseResult:
     """Time every implementation on one case. An implementation slower than ``budget_s`` per
@@ -187,6 +211,9 @@ def run_case(case: Case, implementations, repeat: int, seed: int = 0,
         result.timings[name] = Timing(statistics.median(samples), best, gbps,
                                       100.0 * gbps / result.roofline_gbps, calls[name],
                                       len(samples))
+    if peers.CASES[case.function][0].bench_memory:
+        for name, fn in callables.items():
+            result.peak_bytes[name] = peak_memory(fn)
     for ours, ratios in (("fastsoftmax", result.ratios), ("fastsoftmax out=", result.ratios_out)):
         if ours in result.timings:
             for name in peers.PEERS:
@@ -300,6 +327,9 @@ def table_rows(results):
     peer_names = [name for name in peers.PEERS
                   if any(name in r.timings for r in results)]
     header = ["function", "shape", "dtype", "variant", "median", "min", "GB/s", "% roofline"]
+    memory = any(r.peak_bytes for r in results)
+    if memory:  # peak memory of a call, ours and each peer's
+        header += ["peak MB"] + [f"{name} peak MB" for name in peer_names]
     header += [f"× {name}" for name in peer_names]
     rows = []
     for r in results:
@@ -311,9 +341,16 @@ def table_rows(results):
             variant = "allocating" if ours == "fastsoftmax" else "out="
             row = [r.function, shape, r.dtype, variant, _format_time(t.median_s),
                    _format_time(t.min_s), f"{t.gbps:.1f}", f"{t.pct_roofline:.0f}%"]
+            if memory:
+                row += [_format_mb(r.peak_bytes.get(name))
+                        for name in [ours] + peer_names]
             row += [f"{ratios[name]:.2f}" if name in ratios else "—" for name in peer_names]
             rows.append(row)
     return header, rows
+
+
+def _format_mb(nbytes) -> str:
+    return "—" if nbytes is None else f"{nbytes / 2**20:.0f}"
 
 
 def format_table(results, markdown: bool = False) -> str:
@@ -386,7 +423,8 @@ def plot(results, machine: dict, path: str) -> None:
     fig, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 4.6 * rows), squeeze=False)
     styles = {"fastsoftmax": ("C0", "o", "-"), "fastsoftmax out=": ("C0", "s", "--"),
               "reference": ("C7", "v", "-"), "scipy": ("C2", "^", "-"),
-              "torch": ("C3", "D", "-"), "jax": ("C1", "P", "-"), "entmax": ("C5", "*", "-"),
+              "torch": ("C3", "D", "-"), "torch-chunked": ("C3", "d", "--"),
+              "jax": ("C1", "P", "-"), "entmax": ("C5", "*", "-"),
               "via-float32": ("C4", "X", "-.")}
     for ax, (function, dtype) in zip(axes.flat, panels):
         cases = sorted((r for r in results if (r.function, r.dtype) == (function, dtype)),
