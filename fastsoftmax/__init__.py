@@ -13,6 +13,7 @@ from .calibration import (Confidence, Reliability, calibration_error, confidence
                           fit_temperature, reliability)
 from .distillation import jsd, kl_div
 from .gradients import cross_entropy, log_softmax_backward, softmax_backward
+from .linear import linear_cross_entropy
 from .parallel import threads
 from .sampling import Sampled, sample
 from .sparse import (entmax15, entmax15_loss, entmax_backward, entmax_bisect,
@@ -24,6 +25,6 @@ __all__ = [
     "cross_entropy", "sample", "confidence", "fit_temperature", "calibration_error",
     "reliability", "Confidence", "Reliability", "Sampled", "sparsemax", "entmax15",
     "entmax_bisect", "sparsemax_backward", "entmax_backward", "sparsemax_loss",
-    "entmax15_loss", "entmax_bisect_loss", "kl_div", "jsd", "warmup", "threads", "reference",
-    "__version__",
+    "entmax15_loss", "entmax_bisect_loss", "kl_div", "jsd", "linear_cross_entropy", "warmup",
+    "threads", "reference", "__version__",
 ]

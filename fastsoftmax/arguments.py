@@ -157,6 +157,8 @@ def _values_dtype(x: Operand) -> np.dtype:
 # --- scalar arguments -------------------------------------------------------------------------
 
 def _is_real(value) -> bool:
+    if type(value) is float or type(value) is int:  # the usual case, without the ABC check
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
@@ -228,6 +230,8 @@ def check_fraction(value, func: str, name: str, *, default: float, low_open: boo
 
 def check_int(value, func: str, name: str, *, minimum=None, none_ok=False):
     """An int argument (None passes through with ``none_ok``)."""
+    if type(value) is int and minimum is None:  # the usual case, without the ABC check
+        return value
     if value is None and none_ok:
         return None
     expected = "an int" + (f" >= {minimum}" if minimum is not None else "") + \
@@ -429,7 +433,7 @@ def cast_result(values, dtype: np.dtype, bits_only: bool):
         with np.errstate(all="ignore"):
             halfbits.narrow(np.ascontiguousarray(values, np.float32).reshape(-1), bits)
         return bits.reshape(values.shape)[()]
-    return values.astype(dtype)[()]
+    return values.astype(dtype, copy=False)[()]  # our own arrays: no copy needed
 
 
 def broadcast_argument(value: np.ndarray, x_shape, func: str, name: str, x_name: str):
@@ -836,19 +840,341 @@ def prepare_backward(op, grad, saved, axis, out, saved_name: str) -> Batch:
 
 # --- cross-entropy ------------------------------------------------------------------------------
 
-def prepare_cross_entropy(op, logits, targets, *, ignore_index, label_smoothing, reduction,
-                          temperature, return_grad, grad_out) -> Batch:
-    """Validate a cross-entropy call as rows of logits with one target each."""
+def check_z_loss(z_loss, func: str) -> float:
+    """The z-loss coefficient: a finite number >= 0."""
+    if z_loss == 0 and type(z_loss) is float:  # the default, quickly
+        return 0.0
+    if not _is_real(z_loss) or not (0.0 <= float(z_loss) < math.inf):
+        raise ValueError(f"{func}: z_loss must be a finite number >= 0, got {z_loss!r}")
+    return float(z_loss)
+
+
+def check_softcap(softcap, func: str, compute: np.dtype):
+    """None, or ``(cap, 1 / cap)`` in the compute dtype for a positive finite ``softcap``."""
+    if softcap is None:
+        return None
+    if not _is_real(softcap) or not (0.0 < float(softcap) < math.inf):
+        raise ValueError(f"{func}: softcap must be a positive finite number or None, got "
+                         f"{softcap!r}")
+    cap = float(softcap)
+    return compute.type(cap), compute.type(1.0 / cap)
+
+
+def check_smoothing(label_smoothing, func: str) -> float:
+    if not _is_real(label_smoothing) or not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"{func}: label_smoothing must be a number in [0, 1], got "
+                         f"{label_smoothing!r}")
+    return float(label_smoothing)
+
+
+@dataclass(slots=True)
+class CrossEntropyRows:
+    """A cross-entropy's rows as its kernels take them (kernels/grad.py), and what reduces
+    their losses: :meth:`batch` gives the batch of the loss (and gradient) of rows
+    ``[start, stop)``; :meth:`reduce` the caller's loss from the per-row losses and
+    logsumexps. ``x`` is flat rows (``x_stride`` apart) or a 3-D (N, C, D) view with the
+    classes on axis 1; so are ``p`` (probability targets, or None) and ``grad``."""
+
+    kernels: tuple
+    x: np.ndarray
+    x_stride: int
+    targets: np.ndarray       # int64, one per row (all 0 for probability targets)
+    ignore_index: int
+    n_rows: int
+    n_cols: int
+    inv_t: float
+    smoothing: float
+    w: np.ndarray | None      # class weights in the compute dtype
+    w_total: float            # their sum (n_cols without weights)
+    p: np.ndarray | None
+    p_stride: int
+    cap: tuple | None         # (cap, 1 / cap), or None
+    z_loss: float
+    reduction: str
+    kept: np.ndarray          # rows that count
+    count: int                # how many
+    denominator: float        # of "mean": the weights of the counted targets (rows for p)
+    losses: np.ndarray
+    lses: np.ndarray | None
+
+    def scales(self) -> tuple[float, float]:
+        """(scale of the losses, z_scale) in the gradient: 1 / denominator and 2 * z_loss /
+        counted rows for "mean", 1 and 2 * z_loss otherwise."""
+        if self.reduction != "mean":
+            return 1.0, 2.0 * self.z_loss
+        count = self.count
+        # weights of the counted targets summing to 0: NaN gradients, as PyTorch
+        return (1.0 / self.denominator if self.denominator else math.inf,
+                2.0 * self.z_loss / count if count else 0.0)
+
+    def batch(self, start, stop, grad=None, grad_stride=0, in_place=False,
+              finish=lambda: None, logits=None) -> Batch:
+        """The batch of rows [start, stop) of flat rows (or all rows of a 3-D ``x``): the loss
+        kernel, or with ``grad`` (or ``in_place``) the gradient kernel writing there.
+        ``logits``: those rows' logits (flat, ``x_stride`` apart), when ``x`` holds none
+        (linear_cross_entropy computes them a chunk at a time)."""
+        x, p, targets, losses, lses = self.x, self.p, self.targets, self.losses, self.lses
+        if (start, stop) != (0, self.n_rows):  # rows of flat rows: a few rows of the batch
+            x = x[start * self.x_stride:] if logits is None else logits
+            p = None if p is None else p[start * self.p_stride:]
+            targets, losses = targets[start:stop], losses[start:stop]
+            lses = None if lses is None else lses[start:stop]
+        elif logits is not None:
+            x = logits
+        n = stop - start
+        rows = (x, self.x_stride, targets, self.ignore_index, n, self.n_cols, self.inv_t,
+                self.smoothing, self.w, self.w_total, p, self.p_stride, self.cap)
+        if grad is None and not in_place:
+            return Batch(self.kernels[0], rows + (losses, lses), n, self.n_cols, finish)
+        scale, z_scale = self.scales()
+        return Batch(self.kernels[1], rows + (scale, z_scale, losses, lses, grad, grad_stride),
+                     n, self.n_cols, finish)
+
+    def reduce(self):
+        """The loss (float64) reduced as asked: per row for "none" (z-loss added to the
+        counted rows), else the sum, divided for "mean" by the denominator (the z-loss by
+        the number of counted rows, as Liger-Kernel's lse_square_scale)."""
+        z = None
+        if self.z_loss:
+            with np.errstate(over="ignore", invalid="ignore"):
+                z = np.where(self.kept, self.z_loss * self.lses**2, 0.0)
+        if self.reduction == "none":
+            return self.losses if z is None else self.losses + z
+        total = self.losses.sum()
+        if self.reduction == "sum":
+            return total if z is None else total + z.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss = total / self.denominator if self.count else np.nan
+            if z is not None and self.count:
+                loss = loss + z.sum() / self.count
+        return loss
+
+
+def prepare_cross_entropy(op, logits, targets, *, weight, ignore_index, label_smoothing,
+                          reduction, temperature, z_loss, softcap, return_lse, return_grad,
+                          grad_out) -> Batch:
+    """Validate a cross-entropy call: logits (rows, classes), (classes,) or (N, C, d1, ...)
+    with the classes on axis 1 (read in place, rows.row_at); class indices or probabilities
+    (float, the logits' shape) as targets; the options of kernels/grad.py."""
     func = op.name
+    xo, compute, result_dtype, rows, one_row = class_rows(logits, func, n_d=True)
+    x = xo.array
+    n_rows, n_cols = (rows.shape[0] * rows.shape[2], rows.shape[1]) if rows.ndim == 3 \
+        else rows.shape
+    row_shape = () if one_row else (x.shape[:1] + x.shape[2:])
+    check_choice(reduction, func, "reduction", REDUCTIONS)
+    ignore_index = check_int(ignore_index, func, "ignore_index")
+    smoothing = check_smoothing(label_smoothing, func)
+    inv_t = check_temperature(temperature, func, compute)
+    z_loss = check_z_loss(z_loss, func)
+    cap = check_softcap(softcap, func, compute)
+    w = None if weight is None else class_weights(weight, func, n_cols, compute)
 
-    def parameters(compute, n_rows):
-        if not _is_real(label_smoothing) or not 0.0 <= float(label_smoothing) <= 1.0:
-            raise ValueError(f"{func}: label_smoothing must be a number in [0, 1], got "
-                             f"{label_smoothing!r}")
-        return check_temperature(temperature, func, compute), float(label_smoothing)
+    probabilities = _is_probabilities(targets, x.shape)
+    if probabilities:
+        if ignore_index >= 0:  # PyTorch's rule
+            raise ValueError(f"{func}: ignore_index is not supported for probability targets "
+                             f"(float targets of the logits' shape), got {ignore_index}")
+        p_values = operand(targets, func, "targets")
+        p_values = widen_bits(p_values.array) if p_values.bits_only else p_values.array
+        p_rows = class_layout(np.asarray(p_values, compute), x.ndim > 2, one_row)
+        if p_rows.ndim != rows.ndim:  # (N, C, 1): rows of the classes
+            p_rows = p_rows[:, :, 0]
+        p_flat, p_stride = (p_rows, 0) if p_rows.ndim == 3 else _flat_rows(p_rows, compute)
+        t = np.zeros(n_rows, np.int64)
+        kept = np.ones(n_rows, bool)
+        count = n_rows
+        denominator = float(n_rows)  # PyTorch divides by the rows, weights or not
+    else:
+        p_flat, p_stride = None, 0
+        t = check_labels(targets, func, "targets", n_rows, n_cols, ignore_index, one_row,
+                         shape=None if x.ndim <= 2 else row_shape)
+        kept = t != ignore_index
+        count = int(np.count_nonzero(kept))
+        denominator = float(count) if w is None else float(np.asarray(w, np.float64)[t[kept]]
+                                                            .sum())
+    if rows.ndim == 3:
+        x_flat, x_stride = rows if xo.half is None else rows.view(xo.half), 0
+    else:
+        x_flat, x_stride = rows_of(rows, xo, compute)
+    ce = CrossEntropyRows(
+        op.kernels, x_flat, x_stride, t, ignore_index, n_rows, n_cols, inv_t, smoothing, w,
+        float(n_cols) if w is None else float(np.asarray(w, np.float64).sum()), p_flat,
+        p_stride, cap, z_loss, reduction, kept, count, denominator, np.empty(n_rows),
+        np.empty(n_rows) if (z_loss or return_lse) else None)
 
-    return prepare_row_losses(op, logits, targets, parameters, ignore_index=ignore_index,
-                              reduction=reduction, return_grad=return_grad, grad_out=grad_out)
+    def results():
+        value = cast_result(ce.reduce(), result_dtype, xo.bits_only)
+        if reduction == "none":
+            value = value.reshape(row_shape)[()]
+        extra = () if not return_lse else (
+            cast_result(ce.lses, result_dtype, xo.bits_only).reshape(row_shape)[()],)
+        return value, extra
+
+    if not (return_grad or grad_out is not None):
+        def finish():
+            value, extra = results()
+            return (value,) + extra if extra else value
+        return ce.batch(0, n_rows, finish=finish)
+
+    grad, result = gradient_buffer(func, xo, result_dtype, compute, grad_out)
+    kernel_dtype = xo.half if xo.half is not None else compute
+    if rows.ndim == 3:
+        grad_rows, grad_stride = grad.view(kernel_dtype).reshape(rows.shape), 0
+        in_place = np.may_share_memory(grad_rows, x_flat)
+        if in_place and not (grad_rows.ctypes.data == x_flat.ctypes.data
+                             and grad_rows.strides == x_flat.strides):
+            raise ValueError(f"{func}: grad_out overlaps logits other than exactly")
+    else:
+        grad_rows, grad_stride, in_place = gradient_rows(func, grad, kernel_dtype, x_flat,
+                                                         x_stride, n_rows, n_cols)
+
+    def finish():  # the gradient last: what an ``out`` argument receives comes last
+        value, extra = results()
+        return (value,) + extra + (result,)
+
+    return ce.batch(0, n_rows, None if in_place else grad_rows, grad_stride, in_place, finish)
+
+
+@dataclass
+class LinearRows:
+    """A linear_cross_entropy call: ``hidden`` (N, H) and ``weight`` (V, H) in the compute
+    dtype, ``bias`` (V,) or None, the cross-entropy of the logits ``hidden @ weight.T + bias``
+    as :class:`CrossEntropyRows` without logits (computed ``chunk_rows`` rows at a time), and
+    ``finish(loss, grads)``, which gives the caller's results."""
+
+    hidden: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray | None
+    ce: CrossEntropyRows
+    chunk_rows: int
+    return_grad: bool
+    finish: Callable
+
+
+def prepare_linear_cross_entropy(op, hidden, weight, targets, *, bias, ignore_index,
+                                 label_smoothing, reduction, z_loss, softcap, chunk_size,
+                                 chunk_rows, return_grad) -> LinearRows:
+    """Validate a linear cross-entropy: ``hidden`` (rows, features), ``weight`` (classes,
+    features) as in ``torch.nn.Linear``, ``bias`` (classes,), one class index per row.
+    ``chunk_rows(n_rows, n_classes, itemsize, chunk_size)`` (the plan's) sizes the chunks."""
+    func = op.name
+    ho = operand(hidden, func, "hidden")
+    wo = operand(weight, func, "weight")
+    if ho.array.ndim != 2:
+        raise ValueError(f"{func}: hidden must have shape (rows, features), got "
+                         f"{ho.array.shape}")
+    n_rows, features = ho.array.shape
+    if wo.array.ndim != 2 or wo.array.shape[1] != features or wo.array.shape[0] == 0:
+        raise ValueError(f"{func}: weight must have shape (classes, {features}) (at least one "
+                         f"class; torch.nn.Linear's layout), got {wo.array.shape}")
+    n_classes = wo.array.shape[0]
+    operands = [ho, wo]
+    if bias is not None:
+        bo = operand(bias, func, "bias")
+        if bo.array.shape != (n_classes,):
+            raise ValueError(f"{func}: bias must have shape ({n_classes},), one per class, "
+                             f"got {bo.array.shape}")
+        operands.append(bo)
+    kind = common_dtype(ho, wo, func, ("hidden", "weight"))
+    compute, _ = dtype_policy(kind, None, func)
+
+    def values(o):
+        array = widen_bits(o.array) if o.bits_only else o.array
+        return np.asarray(array, compute) if array.dtype != compute or \
+            not array.dtype.isnative else array
+
+    check_choice(reduction, func, "reduction", REDUCTIONS)
+    ignore_index = check_int(ignore_index, func, "ignore_index")
+    smoothing = check_smoothing(label_smoothing, func)
+    z_loss = check_z_loss(z_loss, func)
+    cap = check_softcap(softcap, func, compute)
+    t = check_labels(targets, func, "targets", n_rows, n_classes, ignore_index)
+    kept = t != ignore_index
+    count = int(np.count_nonzero(kept))
+    ce = CrossEntropyRows(
+        op.kernels, None, n_classes, t, ignore_index, n_rows, n_classes, 1.0, smoothing, None,
+        float(n_classes), None, 0, cap, z_loss, reduction, kept, count, float(count),
+        np.empty(n_rows), np.empty(n_rows) if z_loss else None)
+    chunk = chunk_rows(n_rows, n_classes, compute.itemsize,
+                       check_int(chunk_size, func, "chunk_size", minimum=1, none_ok=True))
+
+    def finish(loss, grads):
+        value = cast_result(loss, *_result_kind(ho))
+        if not return_grad:
+            return value
+        return value, tuple(None if g is None else cast_result(g, *_result_kind(o))
+                            for g, o in zip(grads, operands + [None] * (3 - len(operands))))
+
+    return LinearRows(values(ho), values(wo), None if bias is None else values(operands[2]),
+                      ce, chunk, bool(return_grad), finish)
+
+
+def _result_kind(o: Operand):
+    """(result dtype, bits_only) of results in the format of operand ``o``."""
+    return dtype_policy(o, None, "")[1], o.bits_only
+
+
+def _is_probabilities(targets, logits_shape) -> bool:
+    """Whether ``targets`` are probabilities (floats of the logits' shape), not indices."""
+    if isinstance(targets, Bfloat16Bits):
+        return targets.shape == logits_shape
+    dtype = getattr(targets, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(targets).dtype
+    dtype = np.dtype(dtype)
+    return (dtype.kind == "f" or is_bfloat16(dtype)) and np.shape(targets) == logits_shape
+
+
+def class_weights(weight, func: str, n_classes: int, compute: np.dtype) -> np.ndarray:
+    """Class weights: real numbers of shape (classes,), as contiguous ``compute`` values."""
+    wo = operand(weight, func, "weight")
+    values = widen_bits(wo.array) if wo.bits_only else wo.array
+    if values.shape != (n_classes,):
+        raise ValueError(f"{func}: weight must have shape ({n_classes},), one per class, got "
+                         f"{values.shape}")
+    return np.ascontiguousarray(values, compute)
+
+
+def class_layout(values: np.ndarray, three_d: bool, one_row: bool) -> np.ndarray:
+    """An array of the logits' shape as the kernels read it: (1, C) for one row, (N, C, D) for
+    more than two dimensions (a view where one is possible), else itself."""
+    if one_row:
+        return values.reshape(1, -1)
+    if not three_d:
+        return values
+    shape = (values.shape[0], values.shape[1], math.prod(values.shape[2:]))
+    try:
+        view = values.view()
+        view.shape = shape  # raises where a reshape would copy
+        return view
+    except AttributeError:
+        return np.ascontiguousarray(values).reshape(shape)
+
+
+def gradient_buffer(func, xo: Operand, result_dtype, compute, grad_out):
+    """``(array the gradient is written to, what the caller gets)``: ``grad_out`` (checked:
+    the logits' shape and dtype, C-contiguous or the logits themselves), else a new array."""
+    x = xo.array
+    if grad_out is None:
+        grad = np.empty(x.shape, result_dtype)
+        return grad, grad
+    given = check_out(grad_out, x.shape, result_dtype, func, "grad_out",
+                      dtype_name=xo.result_name())
+    if not given.flags.c_contiguous:
+        raise ValueError(f"{func}: grad_out must be C-contiguous (or logits itself)")
+    return given, grad_out
+
+
+def gradient_rows(func, grad, kernel_dtype, x_flat, x_stride, n_rows, n_cols):
+    """``(flat rows, row stride, in place)`` of the gradient ``grad`` (C-contiguous, the
+    logits' shape) as the kernels write it; in place when it is the logits' rows exactly."""
+    grad_flat, grad_stride = row_layout(grad.view(kernel_dtype).reshape(n_rows, n_cols))
+    in_place = np.may_share_memory(grad_flat, x_flat)
+    if in_place and not (grad_flat.ctypes.data == x_flat.ctypes.data
+                         and grad_stride == x_stride and x_flat.dtype == grad_flat.dtype):
+        raise ValueError(f"{func}: grad_out overlaps logits other than exactly")
+    return grad_flat, grad_stride, in_place
 
 
 def prepare_entmax_loss(op, logits, targets, *, alpha, n_iter, ignore_index, reduction,
@@ -896,59 +1222,65 @@ def prepare_row_losses(op, logits, targets, parameters, *, ignore_index, reducti
         return Batch(op.kernels[0], rows + (losses,), n_rows, n_cols, loss)
 
     kernel_dtype = xo.half if xo.half is not None else compute
-    if grad_out is not None:
-        given = check_out(grad_out, x.shape, result_dtype, func, "grad_out",
-                          dtype_name=xo.result_name())
-        if not given.flags.c_contiguous:
-            raise ValueError(f"{func}: grad_out must be C-contiguous (or logits itself)")
-        grad = given
-    else:
-        grad = np.empty(x.shape, result_dtype)
-    grad_flat, grad_stride = row_layout(grad.view(kernel_dtype).reshape(n_rows, n_cols))
-    in_place = np.may_share_memory(grad_flat, x_flat)
-    if in_place and not (grad_flat.ctypes.data == x_flat.ctypes.data
-                         and grad_stride == x_stride and x_flat.dtype == grad_flat.dtype):
-        raise ValueError(f"{func}: grad_out overlaps logits other than exactly")
+    grad, result = gradient_buffer(func, xo, result_dtype, compute, grad_out)
+    grad_flat, grad_stride, in_place = gradient_rows(func, grad, kernel_dtype, x_flat, x_stride,
+                                                     n_rows, n_cols)
     scale = (1.0 / count if count else 0.0) if reduction == "mean" else 1.0
-    result = grad_out if grad_out is not None else grad
     return Batch(op.kernels[1], rows + (scale, losses, None if in_place else grad_flat,
                                         grad_stride), n_rows, n_cols, lambda: (loss(), result))
 
 
-def class_rows(logits, func: str):
+def class_rows(logits, func: str, n_d: bool = False):
     """Logits of shape (rows, classes), or (classes,) for one row: ``(operand, compute dtype,
-    result dtype, 2-D rows, one_row)``; at least one class."""
+    result dtype, 2-D rows, one_row)``; at least one class. With ``n_d``, also (N, C, d1, ...)
+    with the classes on axis 1, as PyTorch: the rows are then a 3-D (N, C, D) view (D =
+    d1 * ...; :func:`class_layout`), in the compute dtype (a copy only for another dtype or
+    byte order), or 2-D (N * D, C) when D is 1."""
     xo = operand(logits, func, "logits")
     x = xo.array
     compute, result_dtype = dtype_policy(xo, None, func)
     if x.ndim == 0:
         raise ValueError(f"{func}: logits must have at least one dimension (shape (rows, "
                          "classes) or (classes,)), got a 0-d array")
-    if x.ndim not in (1, 2):
+    if x.ndim not in (1, 2) and not n_d:
         raise ValueError(f"{func}: logits must have shape (rows, classes) or (classes,), "
                          f"got {x.shape}")
     one_row = x.ndim == 1
-    rows2d = x.reshape(1, -1) if one_row else x
-    if rows2d.shape[1] == 0:
+    if (x.shape[0] if one_row else x.shape[1]) == 0:
         raise ValueError(f"{func}: logits must have at least one class")
-    return xo, compute, result_dtype, rows2d, one_row
+    if x.ndim <= 2:
+        return xo, compute, result_dtype, (x.reshape(1, -1) if one_row else x), one_row
+    if xo.half is None and (x.dtype != compute or not x.dtype.isnative):
+        x = np.ascontiguousarray(widen_bits(x) if xo.bits_only else x, compute)
+        xo = Operand(x, None)
+    elif not x.dtype.isnative:
+        x = np.ascontiguousarray(x.astype(x.dtype.newbyteorder("=")))
+        xo = Operand(x, xo.half, xo.bits_only)
+    rows = class_layout(x, True, False)
+    if rows.shape[2] == 1:
+        return xo, compute, result_dtype, rows[:, :, 0], one_row
+    return xo, compute, result_dtype, rows, one_row
 
 
 def check_labels(labels, func, name, n_rows, n_classes, ignore_index=None,
-                 one_row=False) -> np.ndarray:
+                 one_row=False, shape=None) -> np.ndarray:
     """Class indices ``labels`` (argument ``name``), one per row, as contiguous int64: an
-    integer array of shape (rows,), or () for one row (TypeError for another dtype,
-    ValueError for another shape), each in [0, n_classes) or ``ignore_index`` (IndexError)."""
+    integer array of shape (rows,), or () for one row, or ``shape`` when given (TypeError for
+    another dtype, ValueError for another shape), each in [0, n_classes) or ``ignore_index``
+    (IndexError)."""
     t = np.asarray(labels)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{func}: {name} must be integer class indices, got dtype {t.dtype}")
-    want = () if one_row else (n_rows,)
+    want = () if one_row else ((n_rows,) if shape is None else tuple(shape))
     if t.shape != want:
-        raise ValueError(f"{func}: {name} must have shape {want} for logits of "
-                         f"{'one row' if one_row else f'{n_rows} rows'}, got {t.shape}")
+        rows = "one row" if one_row else (f"{n_rows} rows" if shape is None else
+                                          "that shape and classes on axis 1")
+        raise ValueError(f"{func}: {name} must have shape {want} for logits of {rows}, got "
+                         f"{t.shape}")
     t = np.ascontiguousarray(t.reshape(-1), dtype=np.int64)
-    outside = np.flatnonzero(t.view(np.uint64) >= n_classes)  # negatives wrap to huge
-    if outside.size:
+    beyond = t.view(np.uint64) >= n_classes  # negatives wrap to huge
+    if beyond.any():
+        outside = np.flatnonzero(beyond)
         bad = outside if ignore_index is None else outside[t[outside] != ignore_index]
         if bad.size:
             row = int(bad[0])

@@ -61,26 +61,48 @@ def log_softmax_backward(grad, logp, axis=-1, *, out=None):
     return plan.run(op, arguments.prepare_backward(op, grad, logp, axis, out, "logp"))
 
 
-@accepts_tensors("logits", "targets", "grad_out")
-def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, reduction="mean",
-                  temperature=1.0, return_grad=False, grad_out=None):
-    """Cross-entropy of ``softmax(logits / temperature)`` against class indices, fused, with
-    its gradient on request; semantics of ``torch.nn.functional.cross_entropy``.
+@accepts_tensors("logits", "targets", "grad_out", "weight")
+def cross_entropy(logits, targets, *, weight=None, ignore_index=-100, label_smoothing=0.0,
+                  reduction="mean", temperature=1.0, z_loss=0.0, softcap=None,
+                  return_lse=False, return_grad=False, grad_out=None):
+    """Cross-entropy of ``softmax(logits / temperature)`` against class indices or class
+    probabilities, fused, with its gradient on request; semantics of
+    ``torch.nn.functional.cross_entropy``.
 
     Parameters
     ----------
-    logits : array_like, shape (rows, classes) or (classes,)
-        float32 or float64 (other dtypes follow the dtype policy of :func:`softmax`).
-    targets : array_like of int, shape (rows,) or ()
-        Class indices; rows whose target is ``ignore_index`` contribute nothing, and are left
-        out of the mean's denominator. Any other target outside [0, classes) is an IndexError.
+    logits : array_like, shape (rows, classes), (classes,) or (N, classes, d1, ...)
+        float32 or float64 (other dtypes follow the dtype policy of :func:`softmax`). With
+        more than two dimensions the classes are on axis 1, as in PyTorch (segmentation maps,
+        per-token losses of (batch, vocab, seq) logits); those rows are read where they are,
+        strided, without a copy.
+    targets : array_like
+        Class indices (integers): shape (rows,), () for one row, or (N, d1, ...); rows whose
+        target is ``ignore_index`` contribute nothing and are left out of the mean's
+        denominator; any other target outside [0, classes) is an IndexError. Or class
+        probabilities: floats of the logits' shape (each row a distribution; label smoothing
+        applies to them as PyTorch: ``(1 - eps) * p + eps / classes``).
+    weight : array_like of shape (classes,), optional
+        A weight per class, as PyTorch's: each row's loss is ``sum(w * q * -log_softmax)``
+        for its target distribution ``q``; "mean" divides the sum by the sum of the weights
+        of the counted targets (by the number of rows for probability targets).
     ignore_index : int, default -100
+        Not supported (ValueError) when >= 0 with probability targets, as in PyTorch.
     label_smoothing : float in [0, 1], default 0
         The target distribution is ``(1 - eps) * onehot + eps / classes``.
     reduction : {"mean", "sum", "none"}
         "mean" over the rows not ignored (NaN when every row is ignored, as PyTorch), "sum",
-        or "none" (one loss per row, 0 for ignored rows).
+        or "none" (one loss per row, shaped as the targets' rows; 0 for ignored rows).
     temperature : float, default 1
+    z_loss : float >= 0, default 0
+        Adds ``z_loss * logsumexp(z)**2`` per counted row (PaLM's z-loss, Liger-Kernel's
+        ``lse_square_scale``); for "mean" that sum is divided by the number of counted rows.
+    softcap : float > 0, optional
+        The logits first become ``softcap * tanh(logits / softcap)`` (Gemma 2), then are
+        divided by the temperature; the gradient goes through the cap.
+    return_lse : bool, default False
+        Also return each row's logsumexp of the (capped, scaled) logits, shaped as the loss of
+        "none" (ignored rows too).
     return_grad : bool, default False
         Also return the gradient of the (reduced) loss with respect to ``logits``; for
         "none" that of the sum of the per-row losses. Ignored rows get a zero gradient.
@@ -90,8 +112,9 @@ def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, re
 
     Returns
     -------
-    loss : NumPy scalar, or ndarray of shape (rows,) for "none"
-    grad : ndarray, only with ``return_grad`` or ``grad_out``
+    loss : NumPy scalar, or ndarray of the targets' row shape for "none"
+    lse : ndarray, only with ``return_lse``
+    grad : ndarray, only with ``return_grad`` or ``grad_out`` (last)
 
     Examples
     --------
@@ -104,9 +127,17 @@ def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, re
     >>> grad.round(4)
     array([[-0.213 ,  0.1065,  0.1065],
            [ 0.    ,  0.    ,  0.    ]])
+    >>> soft = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])       # class probabilities
+    >>> float(cross_entropy(logits, soft, weight=np.array([1.0, 2.0, 1.0]))).__round__(6)
+    1.728965
+    >>> loss, lse = cross_entropy(logits, np.array([0, 2]), z_loss=1e-4, softcap=30.0,
+    ...                           return_lse=True)
+    >>> lse.round(4)
+    array([2.2372, 1.0986])
     """
     op = OPERATIONS["cross_entropy"]
     return plan.run(op, arguments.prepare_cross_entropy(
-        op, logits, targets, ignore_index=ignore_index, label_smoothing=label_smoothing,
-        reduction=reduction, temperature=temperature, return_grad=return_grad,
+        op, logits, targets, weight=weight, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, reduction=reduction, temperature=temperature,
+        z_loss=z_loss, softcap=softcap, return_lse=return_lse, return_grad=return_grad,
         grad_out=grad_out))

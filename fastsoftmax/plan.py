@@ -41,6 +41,15 @@ TASKS_PER_THREAD = 4
 # the last axis, 8 columns 4.9x, 32 columns 4.5x, 64 columns 5.9x; docs/performance.md.)
 COLUMN_TILE_BYTES = 64
 
+# linear_cross_entropy computes the logits (rows x classes) a chunk of rows at a time: a
+# chunk holds at most LINEAR_CHUNK_BYTES of logits (64 MiB: 512 rows of 32000 classes, 128 of
+# 128256 in float32), and its gradient overwrites it. The weight's gradient is accumulated in
+# blocks of classes of at most LINEAR_BLOCK_BYTES (a temporary of the block's gradient): the
+# extra memory stays ~80 MiB whatever the batch, 1/13 of the unfused float32 logits and
+# gradient of 4096 x 32000 (docs/performance.md).
+LINEAR_CHUNK_BYTES = 1 << 26
+LINEAR_BLOCK_BYTES = 1 << 24
+
 _forced_build = contextvars.ContextVar("fastsoftmax_forced_build", default=None)
 
 
@@ -71,6 +80,19 @@ def choose_build(op, n_rows: int, n_cols: int) -> str:
     if "split" in op.builds and n_cols >= SPLIT_MIN_COLS and n_rows < numba.get_num_threads():
         return "split"
     return "parallel"
+
+
+def linear_chunk_rows(n_rows: int, n_classes: int, itemsize: int, chunk_size=None) -> int:
+    """Rows of logits a linear_cross_entropy chunk holds: ``chunk_size`` when given, else as
+    many as LINEAR_CHUNK_BYTES allow (at least 1, at most ``n_rows``)."""
+    if chunk_size is None:
+        chunk_size = LINEAR_CHUNK_BYTES // max(1, n_classes * itemsize)
+    return max(1, min(n_rows, chunk_size))
+
+
+def linear_block_classes(n_features: int, itemsize: int) -> int:
+    """Classes of a block of the weight's gradient accumulated at once (LINEAR_BLOCK_BYTES)."""
+    return max(1, LINEAR_BLOCK_BYTES // max(1, n_features * itemsize))
 
 
 def task_count(parallel: bool, n_rows: int) -> int:

@@ -20,7 +20,8 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softm
            "cross_entropy", "sampling_probs", "sample", "confidence", "fit_temperature",
            "calibration_error", "reliability", "result_dtype", "Confidence", "Reliability",
            "sparsemax", "entmax15", "entmax_bisect", "sparsemax_backward", "entmax_backward",
-           "sparsemax_loss", "entmax15_loss", "entmax_bisect_loss", "kl_div", "jsd", "Sampled"]
+           "sparsemax_loss", "entmax15_loss", "entmax_bisect_loss", "kl_div", "jsd", "Sampled",
+           "linear_cross_entropy"]
 
 # The result types of the calibration functions (fastsoftmax.calibration returns them too).
 Confidence = namedtuple("Confidence", "label prob margin entropy logsumexp")
@@ -203,31 +204,130 @@ def log_softmax_backward(grad, logp, axis=-1, *, out=None):
                     result_dtype(np.result_type(np.asarray(grad), np.asarray(logp))))
 
 
-def cross_entropy(logits, targets, *, ignore_index=-100, label_smoothing=0.0, reduction="mean",
-                  temperature=1.0, return_grad=False, grad_out=None):
+def cross_entropy(logits, targets, *, weight=None, ignore_index=-100, label_smoothing=0.0,
+                  reduction="mean", temperature=1.0, z_loss=0.0, softcap=None,
+                  return_lse=False, return_grad=False, grad_out=None):
     """Reference cross-entropy (PyTorch semantics) and its gradient, in float64.
 
-    Per row: ``loss = (1 - eps) * (lse(z) - z[t]) + eps * (lse(z) - mean(z))``, each
-    ``lse(z) - v`` taken as ``(max(z) - v) + log(sum(exp(z - max(z))))`` (so that ``log`` of
-    the sum is not lost next to a large maximum), with
-    ``z = logits / temperature``; gradient ``(softmax(z) - (1 - eps) * onehot(t) - eps / C)
-    / temperature``, times 1 / (rows not ignored) for "mean".
+    Rows of classes (the classes on axis 1 of N-D logits), ``y = softcap * tanh(logits /
+    softcap)`` (``logits`` without a cap), ``z = y / temperature``, the target distribution
+    ``q = (1 - eps) * onehot(t) + eps / C`` (or ``(1 - eps) * p + eps / C`` for probability
+    targets ``p``), weights ``w`` (1 without): per row ``sum(w * q * (lse(z) - z))``, each
+    ``lse(z) - z_c`` taken as ``(max(z) - z_c) + log(sum(exp(z - max(z))))`` (so that ``log``
+    of the sum is not lost next to a large maximum), plus ``z_loss * lse(z)**2``. "mean"
+    divides the losses by the sum of ``w[t]`` over the counted rows (by the rows for
+    probability targets), the z-loss by the counted rows. Gradient
+    ``(scale * (sum(w * q) * softmax(z) - w * q) + 2 * z_loss * scale_z * lse * softmax(z))
+    / temperature * (1 - tanh(logits / softcap)**2)``.
     """
-    z, t, kept, safe_t = _loss_rows(logits, targets, ignore_index)
-    z = z / float(temperature)
-    n_rows, n_classes = z.shape
+    x = np.asarray(logits)
+    one_row = x.ndim == 1
+    n_classes = x.shape[0] if one_row else x.shape[1]
+    rows = _class_rows(x.astype(np.float64), one_row)
+    soft = np.shape(targets) == x.shape and np.asarray(targets).dtype.kind not in "iub"
     eps = float(label_smoothing)
+    w = np.ones(n_classes) if weight is None else np.asarray(weight).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        y = rows if softcap is None else softcap * np.tanh(rows / softcap)
+        z = y / float(temperature)
         m = z.max(axis=-1)
         log_s = np.log(np.exp(z - m[:, None]).sum(axis=-1))
-        picked = z[np.arange(n_rows), safe_t]
-        per_row = (1 - eps) * ((m - picked) + log_s)
-        if eps:
-            per_row = per_row + eps * ((m - z.mean(axis=-1)) + log_s)
-        target_dist = np.full(z.shape, eps / n_classes)
-        target_dist[np.arange(n_rows), safe_t] += 1 - eps
-        grad = (softmax(z, axis=-1) - target_dist) / float(temperature)
-    return _reduced_loss(logits, per_row, grad, kept, reduction, return_grad, grad_out)
+        lse = np.where(np.isfinite(m), m + log_s, m)
+        gap = (m[:, None] - z) + log_s[:, None]  # lse - z, from the max
+        if soft:
+            p = _class_rows(np.asarray(targets).astype(np.float64), one_row)
+            q = (1 - eps) * p + eps / n_classes
+            kept = np.ones(len(z), bool)
+            per_row = np.sum(w * q * gap, axis=-1)
+            denominator = float(len(z))
+        else:
+            t = np.asarray(targets).astype(np.int64).reshape(-1)
+            kept = t != ignore_index
+            safe_t = np.where(kept, t, 0)
+            q = np.full(z.shape, eps / n_classes)
+            q[np.arange(len(z)), safe_t] += 1 - eps
+            per_row = (1 - eps) * w[safe_t] * gap[np.arange(len(z)), safe_t]
+            if eps:
+                per_row = per_row + eps / n_classes * np.sum(w * gap, axis=-1)
+            denominator = float(w[safe_t][kept].sum())
+        count = int(kept.sum())
+        z_rows = np.where(kept, z_loss * lse**2, 0.0) if z_loss else np.zeros(len(z))
+        per_row = np.where(kept, per_row, 0.0)
+        if reduction == "mean":
+            scale = 1.0 / denominator if denominator else np.inf  # NaN, as PyTorch
+            scale_z = 1.0 / count if count else 0.0
+            total = per_row.sum() / denominator + z_rows.sum() / count if count else np.nan
+        else:
+            scale = scale_z = 1.0
+            total = per_row + z_rows if reduction == "none" else (per_row + z_rows).sum()
+        probs = np.exp(z - lse[:, None])
+        dz = scale * (np.sum(w * q, axis=-1, keepdims=True) * probs - w * q) \
+            + (2 * z_loss * scale_z) * lse[:, None] * probs
+        grad = dz / float(temperature)
+        if softcap is not None:
+            grad = grad * (1 - np.tanh(rows / softcap) ** 2)
+        grad = np.where(kept[:, None], grad, 0.0)
+    out_dtype = result_dtype(x.dtype)
+    row_shape = () if one_row else x.shape[:1] + x.shape[2:]
+    if reduction == "none":
+        loss = total.astype(out_dtype).reshape(row_shape)[()]
+    else:
+        loss = out_dtype.type(total)
+    results = (loss,)
+    if return_lse:
+        results += (lse.astype(out_dtype).reshape(row_shape)[()],)
+    if return_grad or grad_out is not None:
+        grad = _class_rows_back(grad, x.shape, one_row)
+        if grad_out is not None:
+            grad_out[...] = grad
+            results += (grad_out,)
+        else:
+            results += (grad.astype(out_dtype),)
+    return results[0] if len(results) == 1 else results
+
+
+def linear_cross_entropy(hidden, weight, targets, *, bias=None, ignore_index=-100,
+                         label_smoothing=0.0, reduction="mean", z_loss=0.0, softcap=None,
+                         chunk_size=None, return_grad=False):
+    """Reference linear cross-entropy: :func:`cross_entropy` of the float64 logits ``hidden @
+    weight.T + bias``, all at once (``chunk_size`` changes nothing here), and the gradients
+    ``(g @ weight, g.T @ hidden, g.sum(axis=0))`` of its gradient ``g``."""
+    h = np.asarray(hidden).astype(np.float64)
+    w = np.asarray(weight).astype(np.float64)
+    logits = h @ w.T
+    if bias is not None:
+        logits = logits + np.asarray(bias).astype(np.float64)
+    result = cross_entropy(logits, targets, ignore_index=ignore_index,
+                           label_smoothing=label_smoothing, reduction=reduction,
+                           z_loss=z_loss, softcap=softcap, return_grad=return_grad)
+    loss = result[0] if return_grad else result
+    loss_dtype = result_dtype(np.asarray(hidden).dtype)
+    loss = loss.astype(loss_dtype) if reduction == "none" else loss_dtype.type(loss)
+    if not return_grad:
+        return loss
+    g = result[1]
+    grads = (g @ w, g.T @ h, None if bias is None else g.sum(axis=0))
+    inputs = (hidden, weight, bias)
+    return loss, tuple(None if d is None else d.astype(result_dtype(np.asarray(a).dtype))
+                       for d, a in zip(grads, inputs))
+
+
+def _class_rows(a, one_row):
+    """Rows of classes of logits-shaped ``a``: (1, C), (N, C), or (N * d1 * ..., C) with the
+    classes of N-D arrays moved from axis 1 to the end."""
+    if one_row:
+        return a.reshape(1, -1)
+    if a.ndim == 2:
+        return a
+    return np.moveaxis(a, 1, -1).reshape(-1, a.shape[1])
+
+
+def _class_rows_back(rows, shape, one_row):
+    """Inverse of :func:`_class_rows`: rows back to the logits' ``shape``."""
+    if one_row or len(shape) == 2:
+        return rows.reshape(shape)
+    moved = rows.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],))
+    return np.moveaxis(moved, -1, 1)
 
 
 def _loss_rows(logits, targets, ignore_index):

@@ -71,6 +71,10 @@ class Operation:
         Its kernel over rows along a strided axis (``axis=0`` of a C-ordered array), tiles of
         columns through its row kernel (kernels/softmax.py); None: such rows are copied into
         place first.
+    bench_call
+        ``(x, case keyword arguments) -> (args, kwargs)``: the call its benchmark cases time,
+        when not the first example call with the case's arguments (linear_cross_entropy: a
+        weight of the case's number of classes).
     """
 
     name: str
@@ -87,6 +91,7 @@ class Operation:
     bench_reference: bool = True
     dask_whole_rows: bool = False
     columns: KernelPair | None = None
+    bench_call: Callable | None = None
 
     @property
     def builds(self) -> tuple[str, ...]:
@@ -115,6 +120,65 @@ def _weights(x) -> np.ndarray:
     dtype = dtype if np.dtype(dtype).kind == "f" or dtype.name == "bfloat16" else np.float32
     return np.random.default_rng(2).choice([-0.5, 0.0, 1.0, 2.0],
                                            size=np.shape(x)[-1]).astype(dtype)
+
+
+def _class_weights(x) -> np.ndarray:
+    """A positive weight per class of ``x`` (fixed seed): a cross-entropy's ``weight``."""
+    return np.random.default_rng(3).uniform(0.5, 2.0, np.shape(x)[-1]).astype(np.float32)
+
+
+def _probabilities(x) -> np.ndarray:
+    """A probability distribution over the classes of each row of ``x`` (fixed seed, some
+    classes 0): a cross-entropy's probability targets."""
+    rng = np.random.default_rng(4)
+    p = rng.exponential(size=np.shape(x)) * (rng.random(np.shape(x)) < 0.7)
+    p[..., 0] += 1e-3  # no row of zeros
+    dtype = np.float64 if getattr(x, "dtype", None) == np.float64 else np.float32
+    return (p / p.sum(axis=-1, keepdims=True)).astype(dtype)
+
+
+def _linear_layer(x, classes=None):
+    """(hidden, weight, bias, targets) of a linear cross-entropy of the rows of ``x`` (the
+    hidden states, fixed seed): a weight of ``classes`` (LINEAR_CLASSES) classes scaled so
+    that the logits spread as logits do, a bias, and class indices."""
+    rng = np.random.default_rng(5)
+    classes = classes or LINEAR_CLASSES
+    features = np.shape(x)[-1]
+    dtype = getattr(x, "dtype", np.float32)  # x's own (bfloat16 bits: float32)
+    dtype = dtype if np.dtype(dtype).kind == "f" or dtype.name == "bfloat16" else np.float32
+    weight = rng.standard_normal((classes, features), np.float32) / np.float32(
+        np.sqrt(features))
+    bias = rng.uniform(-1.0, 1.0, classes).astype(dtype)
+    rows = int(np.prod(np.shape(x)[:-1]))
+    return x, weight.astype(dtype, copy=False), bias, rng.integers(0, classes, rows)
+
+
+def _linear_bench_call(x, kwargs):
+    """A benchmark case of linear_cross_entropy: hidden states ``x``, a weight of
+    ``kwargs["classes"]`` classes, or fewer when it would hold more than 32 times the
+    elements of ``x`` (the cut-down hidden states of a smoke test get a cut-down weight)."""
+    kwargs = dict(kwargs)
+    classes = min(kwargs.pop("classes"), 32 * int(np.prod(np.shape(x)[:-1])))
+    hidden, weight, _, targets = _linear_layer(x, classes)
+    return (hidden, weight, targets), kwargs
+
+
+LINEAR_CLASSES = 37
+
+
+def _linear_calls():
+    """The example calls of linear_cross_entropy: the loss, and the loss and gradients with
+    the options."""
+    def loss(x):
+        hidden, weight, _, targets = _linear_layer(x)
+        return (hidden, weight, targets), {}
+
+    def with_grad(x):
+        hidden, weight, bias, targets = _linear_layer(x)
+        return (hidden, weight, targets), {"bias": bias, "return_grad": True,
+                                           "label_smoothing": 0.1, "z_loss": 1e-3,
+                                           "softcap": 20.0, "chunk_size": 3}
+    return loss, with_grad
 
 
 def _drawn_labels(x) -> np.ndarray:
@@ -218,7 +282,14 @@ OPERATIONS = {op.name: op for op in (
         "cross_entropy", reference.cross_entropy,
         (grad.cross_entropy_rows, grad.cross_entropy_grad_rows),
         (lambda x: ((x, _targets(x)), {}),
-         lambda x: ((x, _targets(x)), {"return_grad": True, "label_smoothing": 0.1})),
+         lambda x: ((x, _targets(x)), {"return_grad": True, "label_smoothing": 0.1}),
+         # the options: compiled in where they are given, away where not
+         lambda x: ((x, _targets(x)), {"return_grad": True, "weight": _class_weights(x),
+                                       "label_smoothing": 0.05, "z_loss": 1e-3,
+                                       "softcap": 20.0, "return_lse": True}),
+         lambda x: ((x, _probabilities(x)), {"weight": _class_weights(x), "z_loss": 1e-3,
+                                             "softcap": 20.0, "return_lse": True}),
+         lambda x: ((x, _probabilities(x)), {"return_grad": True, "label_smoothing": 0.1})),
         reduces=True, bench={"cross_entropy": {}, "cross_entropy_grad": {"return_grad": True}},
         peers=("torch",)),
     Operation(
@@ -236,6 +307,19 @@ OPERATIONS = {op.name: op for op in (
                "sample_mixed": _serving_batch,
                "sample_mixed_logprobs": lambda x: _serving_batch(x, logprobs=True)},
         peers=("torch",)),
+    # the cross-entropy of a linear layer, its logits computed a chunk of rows at a time: the
+    # cross-entropy's kernels (the matrix products are NumPy's); x stands for hidden states
+    Operation(
+        "linear_cross_entropy", reference.linear_cross_entropy,
+        (grad.cross_entropy_rows, grad.cross_entropy_grad_rows), _linear_calls(),
+        reduces=True,
+        # LLM training: 4096 tokens of 1024 features, 32000 and 128256 classes, loss and
+        # gradients; against PyTorch's unfused F.cross_entropy(h @ W.T) + backward() and its
+        # chunked F.linear_cross_entropy. Seconds a call: not in the quick benchmark.
+        bench={"linear_cross_entropy_32k": {"classes": 32000, "return_grad": True},
+               "linear_cross_entropy_128k": {"classes": 128256, "return_grad": True}},
+        peers=("torch", "torch-chunked"), bench_shapes=((4096, 1024),),
+        bench_reference=False, bench_call=_linear_bench_call),
     # calibration: a model's logits (rows of classes) and, but for confidence, labels
     Operation(
         "confidence", reference.confidence, (calibration.confidence_rows,),

@@ -104,13 +104,13 @@ def _call_with_tensors(fn, signature, arrays, args, kwargs):
     result = fn(*bound.args, **bound.kwargs)
 
     def back(value):
+        if isinstance(value, tuple):  # a named tuple stays one; tuples nest (gradients)
+            values = [back(item) for item in value]
+            return type(value)(*values) if hasattr(value, "_fields") else tuple(values)
         if id(value) in given:  # an out array, written in place: its tensor
             return given[id(value)]
-        if type(value) is float:  # a fitted parameter (fit_temperature): a float
-            return value
+        if type(value) is float or value is None:  # a fitted parameter (fit_temperature):
+            return value                            # a float; an absent gradient: None
         return to_tensor(value) if tensors_out else value
 
-    if isinstance(result, tuple):  # a named tuple stays one
-        values = [back(value) for value in result]
-        return type(result)(*values) if hasattr(result, "_fields") else tuple(values)
     return back(result)

@@ -64,6 +64,9 @@ CASES = {
                     {"reduction": "none"}, {IN_PLACE: "grad_out"}), specials=False),
     "jsd": Case(({}, {WHERE: True}, {"beta": 0.8, "temperature": 0.7}, {"reduction": "mean"},
                  {IN_PLACE: "grad_out"}), specials=False),
+    # x stands for hidden states (the registry makes the weight); tests/test_linear_loss.py
+    # checks the options against torch autograd
+    "linear_cross_entropy": Case(({}, {"reduction": "none"}), specials=False),
 }
 
 
@@ -197,6 +200,8 @@ def row_magnitude(x, want, temperature=1.0):
         rows = rows[..., None]
         out = np.where(np.isfinite(want), np.abs(want), 0).max(axis=-1, keepdims=True,
                                                                   initial=0.0)
+        if rows.shape[:-1] != out.shape[:-1]:  # other rows (a weight's gradient): the
+            rows = rows.max(initial=0.0)       # magnitude of the whole input
     else:
         out = np.where(np.isfinite(want), np.abs(want), 0)
         if rows.shape != out.shape[-rows.ndim:]:  # not one result a row (reliability's bins):

@@ -254,6 +254,13 @@ def tensor_of_the_same_values(torch, x):
     return tensor
 
 
+def flat(value) -> tuple:
+    """The results of a call as one flat tuple (tuples of gradients nested in it opened)."""
+    if not isinstance(value, tuple):
+        return (value,)
+    return tuple(item for part in value for item in flat(part))
+
+
 def takes(op, name):
     return name in inspect.signature(op.public()).parameters
 
@@ -290,8 +297,7 @@ def test_every_operation_gives_tensors_with_the_bits_of_numpy(torch, name, dtype
         if type(want) is float:  # a fitted parameter (a temperature): a float either way
             assert type(got) is float and got == want, context
             continue
-        results = got if isinstance(got, tuple) else (got,)
-        wants = want if isinstance(want, tuple) else (want,)
+        results, wants = flat(got), flat(want)
         for result, wanted in zip(results, wants):
             # indices (tokens, labels, counts) as int64, values in the logits' dtype (but
             # sample's log-probabilities: float32 for half-precision logits, as NumPy's)
@@ -362,7 +368,7 @@ def test_every_operation_gives_numpy_with_the_bits_of_numpy_for_jax_input(jnp, n
             j_kwargs = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v
                         for k, v in kwargs.items()}
             got = function(*j_args, **j_kwargs)
-        for result in got if isinstance(got, tuple) else (got,):
+        for result in flat(got):
             # (a fitted parameter is a float, whatever the input)
             assert isinstance(result, (np.ndarray, np.generic)) or \
                 type(result) is float is type(want), context

@@ -84,7 +84,7 @@ def test_every_benchmark_case_and_peer_can_be_prepared(case):
     for peer in op.peers:  # each peer the registry names has that function
         assert peer in peers.PREPARERS
         module = {"scipy": "scipy.special", "jax": "jax.nn", "torch": "torch",
-                  "entmax": "entmax"}[peer]
+                  "torch-chunked": "torch", "entmax": "entmax"}[peer]
         # the softmax family's and the sparse family's peers are functions of the same name;
         # the others, pipelines
         if importlib.util.find_spec(module.split(".")[0]) and (

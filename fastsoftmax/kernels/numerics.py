@@ -11,6 +11,8 @@ maximum first, so the result never overflows.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -731,6 +733,116 @@ def cross_entropy_grad_store(row, m, inv_t, inv_sum, scale, smooth, dst):
         _ce_grad_into(row, m, inv_t, inv_sum, scale, smooth, dst)
 
 
+
+# --- the options of the cross-entropy: class weights, probability targets, a soft cap ----------
+# Each takes None for "off", and Numba compiles the option away then (the overloads below), so
+# a call without options runs the arithmetic it always ran. ``w``: the weight of each class;
+# ``p``: a row of target probabilities; ``cap``: (cap, 1 / cap) of ``cap * tanh(x / cap)``.
+
+def weighted(v, w, j):
+    """``v * w[j]``, or ``v`` when ``w`` is None."""
+    if w is None:
+        return v
+    return v * w[j]
+
+
+def weight_of(w, j):
+    """``w[j]`` as float64, or 1 when ``w`` is None."""
+    if w is None:
+        return 1.0
+    return np.float64(w[j])
+
+
+def weighted_sum(a, w):
+    """``sum(a * w)`` (``sum(a)`` when ``w`` is None), block-wise, totals in float64."""
+    if w is None:
+        return row_sum(a)
+    return row_dot(a, w)
+
+
+@building_block
+def _gap(p, x, m):
+    return p * (m - x)
+
+
+@reduction
+def _block_gap(row, p, w, m):
+    acc = cast_like(row, 0.0)
+    for j in range(row.size):
+        acc += weighted(_gap(p[j], row[j], m), w, j)
+    return acc
+
+
+@building_block
+def row_gap(row, p, w, m):
+    """sum(p * w * (m - row)) (w None: 1), block-wise, totals in float64: the probability
+    targets' share of a cross-entropy, measured from the row's maximum ``m`` so that no large
+    logit cancels."""
+    total = 0.0
+    for start in range(0, row.size, BLOCK):
+        stop = min(start + BLOCK, row.size)
+        total += np.float64(_block_gap(row[start:stop], p[start:stop],
+                                       row_of(w, start, stop - start), m))
+    return total
+
+
+def target_share(p, pc, c, w, j):
+    """The target distribution's element ``j`` times the gradient's factor: ``(pc * p[j] + c)
+    * w[j]``, without ``p`` (class-index targets, their own term added apart) ``c * w[j]``,
+    without ``w`` unweighted."""
+    if p is None:
+        return weighted(c, w, j)
+    return weighted(pc * p[j] + c, w, j)
+
+
+def cap_slope(g, y, cap):
+    """``g * d(cap * tanh(x / cap))/dx`` at the capped value ``y``: ``g * (1 - t) * (1 + t)``
+    with ``t = y / cap``; ``g`` itself without a cap."""
+    if cap is None:
+        return g
+    t = y * cap[1]
+    return g * ((1 - t) * (1 + t))
+
+
+@building_block
+def _cap_into(row, cap, inv_cap, dst):
+    for j in range(row.size):
+        dst[j] = cap * math.tanh(row[j] * inv_cap)
+
+
+def capped(row, m, cap, buf):
+    """``(cap * tanh(row / cap), the same of the maximum m)``, written into ``buf``; ``(row,
+    m)`` themselves without a cap. tanh is monotonic: the capped row's maximum is the capped
+    maximum."""
+    if cap is None:
+        return row, m
+    out = buf[:row.size]
+    _cap_into(row, cap[0], cap[1], out)
+    return out, cap[0] * math.tanh(m * cap[1])
+
+
+@building_block
+def _ce_general_into(row, m, inv_t, inv_sum, a, c, pc, p, w, cap, dst):
+    for j in range(row.size):
+        g = a * (exp_shifted(row[j], m, inv_t) * inv_sum) - target_share(p, pc, c, w, j)
+        dst[j] = cap_slope(g, row[j], cap)
+
+
+@building_block
+def _ce_general_in_place(row, m, inv_t, inv_sum, a, c, pc, p, w, cap):
+    for j in range(row.size):
+        g = a * (exp_shifted(row[j], m, inv_t) * inv_sum) - target_share(p, pc, c, w, j)
+        row[j] = cap_slope(g, row[j], cap)
+
+
+def ce_grad_store(row, m, inv_t, inv_sum, a, c, pc, p, w, cap, dst):
+    """dst (or ``row``, for None) = (a * softmax(row * inv_t) - target_share) * cap_slope:
+    the cross-entropy's gradient but for the term of a class-index target, added apart."""
+    if dst is None:
+        _ce_general_in_place(row, m, inv_t, inv_sum, a, c, pc, p, w, cap)
+    else:
+        _ce_general_into(row, m, inv_t, inv_sum, a, c, pc, p, w, cap, dst)
+
 if not numba.config.DISABLE_JIT:
 
     @overload(record, jit_options=NUMBA_OPTIONS)
@@ -775,3 +887,57 @@ if not numba.config.DISABLE_JIT:
                     _ce_grad_in_place(row, m, inv_t, inv_sum, scale, smooth))
         return (lambda row, m, inv_t, inv_sum, scale, smooth, dst:
                 _ce_grad_into(row, m, inv_t, inv_sum, scale, smooth, dst))
+
+
+    @overload(weighted, jit_options=NUMBA_OPTIONS)
+    def _weighted_overload(v, w, j):
+        if isinstance(w, types.NoneType):
+            return lambda v, w, j: v
+        return lambda v, w, j: v * w[j]
+
+    @overload(weight_of, jit_options=NUMBA_OPTIONS)
+    def _weight_of_overload(w, j):
+        if isinstance(w, types.NoneType):
+            return lambda w, j: 1.0
+        return lambda w, j: np.float64(w[j])
+
+    @overload(weighted_sum, jit_options=NUMBA_OPTIONS)
+    def _weighted_sum_overload(a, w):
+        if isinstance(w, types.NoneType):
+            return lambda a, w: row_sum(a)
+        return lambda a, w: row_dot(a, w)
+
+    @overload(target_share, jit_options=NUMBA_OPTIONS)
+    def _target_share_overload(p, pc, c, w, j):
+        if isinstance(p, types.NoneType):
+            return lambda p, pc, c, w, j: weighted(c, w, j)
+        return lambda p, pc, c, w, j: weighted(pc * p[j] + c, w, j)
+
+    @overload(cap_slope, jit_options=NUMBA_OPTIONS)
+    def _cap_slope_overload(g, y, cap):
+        if isinstance(cap, types.NoneType):
+            return lambda g, y, cap: g
+
+        def slope(g, y, cap):
+            t = y * cap[1]
+            return g * ((1 - t) * (1 + t))
+        return slope
+
+    @overload(capped, jit_options=NUMBA_OPTIONS)
+    def _capped_overload(row, m, cap, buf):
+        if isinstance(cap, types.NoneType):
+            return lambda row, m, cap, buf: (row, m)
+
+        def cap_row(row, m, cap, buf):
+            out = buf[:row.size]
+            _cap_into(row, cap[0], cap[1], out)
+            return out, cap[0] * math.tanh(m * cap[1])
+        return cap_row
+
+    @overload(ce_grad_store, jit_options=NUMBA_OPTIONS)
+    def _ce_grad_store_general_overload(row, m, inv_t, inv_sum, a, c, pc, p, w, cap, dst):
+        if isinstance(dst, types.NoneType):
+            return (lambda row, m, inv_t, inv_sum, a, c, pc, p, w, cap, dst:
+                    _ce_general_in_place(row, m, inv_t, inv_sum, a, c, pc, p, w, cap))
+        return (lambda row, m, inv_t, inv_sum, a, c, pc, p, w, cap, dst:
+                _ce_general_into(row, m, inv_t, inv_sum, a, c, pc, p, w, cap, dst))

@@ -7,6 +7,10 @@ values widened into a float32 buffer of the kernel's task (a row of a large batc
 bfloat16, 512 KB widened: it stays in L2). Results go to ``dst``, the output row as stored
 (the caller's ``out`` or, in place, ``src``), rounded once at the end for half precision.
 
+Rows of classes along a strided axis (the class axis 1 of a cross-entropy's ``(N, C, d1, ...)``
+logits, seen as ``(N, C, D)``: :func:`row_at`) are read the same way: gathered into the task's
+buffer, computed there, and scattered into ``dst`` by :func:`commit`. No copy of the batch is made.
+
 Which of the two happens is decided by the row's type when Numba compiles the kernel, as it
 picks float32 or float64 code: the helpers below are overloaded on the dtype (without the JIT,
 they test the dtype at run time). So a half-precision row costs no copy of the batch, each
@@ -32,8 +36,8 @@ from numba.extending import overload
 
 from .halfbits import decode_block, encode_block, f32_to_bf16, f32_to_f16
 from .jit import NUMBA_OPTIONS, building_block
-from .numerics import (BLOCK, log1p_of_rest, maximum, row_max, row_of, scale_store,
-                       shift_store)
+from .numerics import (BLOCK, log1p_of_rest, maximum, next_row, row_max, row_of,
+                       scale_store, shift_store)
 
 _F32_NEG_INF = np.float32(-np.inf)
 
@@ -41,6 +45,20 @@ _F32_NEG_INF = np.float32(-np.inf)
 def is_half_bits(arr) -> bool:
     """True for the integer view of float16/bfloat16 bits (the kernels' half-precision rows)."""
     return arr.dtype.kind in "iu"
+
+
+def is_gathered(arr) -> bool:
+    """True for rows read through the task's buffer: half-precision bits, and rows of
+    strided elements (a row of a 3-D ``(N, C, D)`` array, or that array itself)."""
+    return is_half_bits(arr) or arr.ndim > 1 or not arr.flags.c_contiguous
+
+
+@building_block
+def copy_into(src, dst):
+    """dst[:] = src, element by element (a gathered float row back to its strided place, a
+    row into a scratch copy)."""
+    for j in range(src.size):
+        dst[j] = src[j]
 
 
 # --- the half-precision passes (building blocks of the overloads below) ------------------------
@@ -78,20 +96,16 @@ def shift_narrow(row, sel, m, inv_t, log_sum, dst):
         encode_block(block, None, None, dst[start:stop])
 
 
-@building_block
-def copy_block(src, dst):
-    """dst = src, element by element."""
-    for j in range(src.size):
-        dst[j] = src[j]
-
-
 # --- the protocol: pure-Python bodies (NUMBA_DISABLE_JIT), overloaded by dtype when compiled ---
 
 def row_buffer(x, n):
     """Scratch for ``n`` widened values of the rows of ``x``: a new float32 array for
-    half-precision bits, an empty view (nothing allocated) for float rows."""
+    half-precision bits, one of the rows' dtype for rows of strided elements (a 3-D ``x``),
+    an empty view (nothing allocated) for float rows."""
     if is_half_bits(x):
         return np.empty(n, np.float32)
+    if x.ndim > 1:
+        return np.empty(n, x.dtype)
     return x[:0]
 
 
@@ -104,9 +118,13 @@ def compute_buffer(x, n):
 
 
 def load(src, buf):
-    """The values of ``src`` in the compute type: ``src`` itself, or widened into ``buf``."""
+    """The values of ``src`` in the compute type: ``src`` itself, or widened (gathered) into
+    ``buf``."""
     if is_half_bits(src):
         decode_block(src, buf[:src.size])
+        return buf[:src.size]
+    if is_gathered(src):
+        copy_into(src, buf[:src.size])
         return buf[:src.size]
     return src
 
@@ -117,7 +135,7 @@ def load_copy(src, buf):
     if is_half_bits(src):
         decode_block(src, values)
     else:
-        copy_block(src, values)
+        copy_into(src, values)
     return values
 
 
@@ -125,15 +143,26 @@ def load_max(src, sel, buf):
     """``(load(src, buf), max of its selected values)`` in one pass."""
     if is_half_bits(src):
         return buf[:src.size], widen_max(src, sel, buf[:src.size])
-    return src, row_max(src, sel)
+    row = load(src, buf)
+    return row, row_max(row, sel)
 
 
 def result_target(src, out_row):
     """Where a pass that writes a float result row should write it: the output row (None: in
-    place, into the input row) for float rows; None (in place, into the widened row) for
-    half-precision rows, which are rounded into their output afterwards."""
-    if is_half_bits(src):
+    place, into the input row) for float rows; None (in place, into the widened or gathered
+    row) for half-precision and strided rows, which :func:`commit` stores afterwards."""
+    if is_gathered(src):
         return None
+    return out_row
+
+
+def grad_target(src, out_row, cap):
+    """:func:`result_target` for a pass that reads a capped copy of the row (``cap`` not
+    None: the cross-entropy's soft cap): in place (None) becomes the input row itself."""
+    if is_gathered(src):
+        return None
+    if cap is not None and out_row is None:
+        return src
     return out_row
 
 
@@ -148,18 +177,45 @@ def exps_kept(src, kept):
 
 def result_row(src, row, dst):
     """The row holding the float results a pass wrote to :func:`result_target`: ``dst`` for
-    float rows, the widened ``row`` for half-precision ones."""
-    if is_half_bits(src):
+    float rows, the widened (gathered) ``row`` for half-precision (strided) ones."""
+    if is_gathered(src):
         return row
     return dst
 
 
 def commit(src, row, dst):
     """For half-precision input, round the float32 results (in the widened ``row``) into
-    ``dst``: its half-precision format, or float32; for float rows the results are already in
-    ``dst``."""
+    ``dst``: its half-precision format, or float32; for strided rows, copy them into ``dst``;
+    for float rows the results are already in ``dst``."""
     if is_half_bits(src):
         encode_block(row, None, None, dst)
+    elif is_gathered(src):
+        copy_into(row, dst)
+
+
+def row_at(a, stride, r, n):
+    """Row ``r`` of ``n`` elements: ``a[r * stride:r * stride + n]`` of flat rows, or
+    ``a[r // D, :, r % D]`` of a 3-D ``(N, C, D)`` array (classes on axis 1); None for None."""
+    if a is None:
+        return None
+    if a.ndim == 3:
+        return a[r // a.shape[2], :, r % a.shape[2]]
+    return a[r * stride:r * stride + n]
+
+
+def row_at_or(a, stride, r, n, default):
+    """:func:`row_at`, or ``default`` when ``a`` is None (in place: the input row)."""
+    if a is None:
+        return default
+    return row_at(a, stride, r, n)
+
+
+def row_ahead(x, stride, r, n_rows, n):
+    """The next row to prefetch (:func:`~fastsoftmax.kernels.numerics.next_row`) of flat
+    rows; nothing (an empty row) for a 3-D array, whose rows are gathered."""
+    if x.ndim == 3:
+        return x[0, 0, :0]
+    return next_row(x, r, n_rows, stride, n)
 
 
 def store_scaled(src, row, sel, factor, dst):
@@ -224,11 +280,49 @@ if not numba.config.DISABLE_JIT:
     def _half(arr_type) -> bool:
         return isinstance(arr_type, types.Array) and isinstance(arr_type.dtype, types.Integer)
 
+    def _strided(arr_type) -> bool:
+        # a row of a 3-D (N, C, D) array: Numba types it as of any layout ("A")
+        return isinstance(arr_type, types.Array) and (arr_type.ndim > 1
+                                                      or arr_type.layout != "C")
+
+    def _gathered(arr_type) -> bool:
+        return _half(arr_type) or _strided(arr_type)
+
     @overload(row_buffer, jit_options=NUMBA_OPTIONS)
     def _row_buffer_overload(x, n):
         if _half(x):
             return lambda x, n: np.empty(n, np.float32)
+        if _strided(x):
+            return lambda x, n: np.empty(n, x.dtype)
         return lambda x, n: x[:0]
+
+    @overload(row_at, jit_options=NUMBA_OPTIONS)
+    def _row_at_overload(a, stride, r, n):
+        if isinstance(a, types.NoneType):
+            return lambda a, stride, r, n: None
+        if a.ndim == 3:
+            return lambda a, stride, r, n: a[r // a.shape[2], :, r % a.shape[2]]
+        return lambda a, stride, r, n: a[r * stride:r * stride + n]
+
+    @overload(row_at_or, jit_options=NUMBA_OPTIONS)
+    def _row_at_or_overload(a, stride, r, n, default):
+        if isinstance(a, types.NoneType):
+            return lambda a, stride, r, n, default: default
+        return lambda a, stride, r, n, default: row_at(a, stride, r, n)
+
+    @overload(row_ahead, jit_options=NUMBA_OPTIONS)
+    def _row_ahead_overload(x, stride, r, n_rows, n):
+        if x.ndim == 3:
+            return lambda x, stride, r, n_rows, n: x[0, 0, :0]
+        return lambda x, stride, r, n_rows, n: next_row(x, r, n_rows, stride, n)
+
+    @overload(grad_target, jit_options=NUMBA_OPTIONS)
+    def _grad_target_overload(src, out_row, cap):
+        if _gathered(src):
+            return lambda src, out_row, cap: None
+        if not isinstance(cap, types.NoneType) and isinstance(out_row, types.NoneType):
+            return lambda src, out_row, cap: src
+        return lambda src, out_row, cap: out_row
 
     @overload(compute_buffer, jit_options=NUMBA_OPTIONS)
     def _compute_buffer_overload(x, n):
@@ -236,27 +330,26 @@ if not numba.config.DISABLE_JIT:
             return lambda x, n: np.empty(n, np.float32)
         return lambda x, n: np.empty(n, x.dtype)
 
-    def _widened(src, buf):
-        values = buf[:src.size]
-        decode_block(src, values)
-        return values
+    def _loaded_with(convert):
+        def into_buffer(src, buf):
+            values = buf[:src.size]
+            convert(src, values)
+            return values
+        return into_buffer
 
     @overload(load, jit_options=NUMBA_OPTIONS)
     def _load_overload(src, buf):
         if _half(src):
-            return _widened
+            return _loaded_with(decode_block)  # widened
+        if _strided(src):
+            return _loaded_with(copy_into)  # gathered
         return lambda src, buf: src
 
     @overload(load_copy, jit_options=NUMBA_OPTIONS)
     def _load_copy_overload(src, buf):
         if _half(src):
-            return _widened
-
-        def copied(src, buf):
-            values = buf[:src.size]
-            copy_block(src, values)
-            return values
-        return copied
+            return _loaded_with(decode_block)  # widened
+        return _loaded_with(copy_into)  # copied
 
     @overload(load_max, jit_options=NUMBA_OPTIONS)
     def _load_max_overload(src, sel, buf):
@@ -265,11 +358,17 @@ if not numba.config.DISABLE_JIT:
                 values = buf[:src.size]
                 return values, widen_max(src, sel, values)
             return widened
+        if _strided(src):
+            def gathered(src, sel, buf):
+                values = buf[:src.size]
+                copy_into(src, values)
+                return values, row_max(values, sel)
+            return gathered
         return lambda src, sel, buf: (src, row_max(src, sel))
 
     @overload(result_target, jit_options=NUMBA_OPTIONS)
     def _result_target_overload(src, out_row):
-        if _half(src):
+        if _gathered(src):
             return lambda src, out_row: None
         return lambda src, out_row: out_row
 
@@ -281,7 +380,7 @@ if not numba.config.DISABLE_JIT:
 
     @overload(result_row, jit_options=NUMBA_OPTIONS)
     def _result_row_overload(src, row, dst):
-        if _half(src):
+        if _gathered(src):
             return lambda src, row, dst: row
         return lambda src, row, dst: dst
 
@@ -289,6 +388,8 @@ if not numba.config.DISABLE_JIT:
     def _commit_overload(src, row, dst):
         if _half(src):
             return lambda src, row, dst: encode_block(row, None, None, dst)
+        if _strided(src):
+            return lambda src, row, dst: copy_into(row, dst)
         return lambda src, row, dst: None
 
     @overload(store_scaled, jit_options=NUMBA_OPTIONS)

@@ -476,7 +476,8 @@ def plot(results, machine: dict, path: str) -> None:
     fig, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 4.6 * rows), squeeze=False)
     styles = {"fastsoftmax": ("C0", "o", "-"), "fastsoftmax out=": ("C0", "s", "--"),
               "reference": ("C7", "v", "-"), "scipy": ("C2", "^", "-"),
-              "torch": ("C3", "D", "-"), "jax": ("C1", "P", "-"), "entmax": ("C5", "*", "-"),
+              "torch": ("C3", "D", "-"), "torch-chunked": ("C3", "d", "--"),
+              "jax": ("C1", "P", "-"), "entmax": ("C5", "*", "-"),
               "via-float32": ("C4", "X", "-.")}
     for ax, (function, dtype) in zip(axes.flat, panels):
         cases = sorted((r for r in results if (r.function, r.dtype) == (function, dtype)),

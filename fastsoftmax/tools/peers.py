@@ -29,7 +29,8 @@ READ_ONLY = tuple(case for case, (op, _) in CASES.items() if op.reduces)
 OURS = ("fastsoftmax", "fastsoftmax out=")
 # "via-float32": for float16/bfloat16 input, the conversion a user would otherwise write
 # first (``x.float()`` on a tensor, ``x.astype(np.float32)`` on an array), then fastsoftmax.
-PEERS = ("reference", "scipy", "torch", "jax", "entmax", "via-float32")
+# "torch-chunked": PyTorch's F.linear_cross_entropy with its chunked CPU path (options).
+PEERS = ("reference", "scipy", "torch", "torch-chunked", "jax", "entmax", "via-float32")
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -57,8 +58,8 @@ def as_tensor(x: np.ndarray):
 
 def is_installed(name: str) -> bool:
     """True when implementation ``name`` can run here (its library imports)."""
-    modules = {"scipy": ("scipy",), "torch": ("torch",), "jax": ("jax",),
-               "entmax": ("torch", "entmax")}.get(name, ())
+    modules = {"scipy": ("scipy",), "torch": ("torch",), "torch-chunked": ("torch",),
+               "jax": ("jax",), "entmax": ("torch", "entmax")}.get(name, ())
     return all(importlib.util.find_spec(module) is not None for module in modules)
 
 
@@ -122,11 +123,19 @@ def result_bytes(case: str, x: np.ndarray) -> int:
     return read + x.nbytes
 
 
+def case_call(case, x):
+    """``(args, kwargs)`` of the case's call on ``x``: the operation's first example call with
+    the case's keyword arguments, or its own ``bench_call``."""
+    op, kwargs = CASES[case][0], case_kwargs(case, x)
+    if op.bench_call is not None:
+        return op.bench_call(x, kwargs)
+    return op.calls[0](x)[0], kwargs
+
+
 def _call(function, case, x, make=None):
     """A callable running ``function`` (fastsoftmax's or the reference's) on the case's call
     on ``x``; ``make``: a new input made at every call (the conversion is part of the time)."""
-    op, kwargs = CASES[case][0], case_kwargs(case, x)
-    args = op.calls[0](x)[0]
+    args, kwargs = case_call(case, x)
     if make is None:
         return lambda: function(*args, **kwargs)
     rest = args[1:]
@@ -146,7 +155,7 @@ def _fastsoftmax_out(case, x):
     if name is None:
         raise NotImplementedError(f"{case} has no preallocated-output variant")
     data = as_tensor(x) if is_half(x) and is_installed("torch") else x
-    args = op.calls[0](data)[0]
+    args, kwargs = case_call(case, data)
     function = op.public()
     shape = data.shape[:-1] if op.reduces and name == "out" else data.shape
     if is_half(x) and is_installed("torch"):
@@ -341,6 +350,8 @@ def _torch(case, x):
     if op.name == "fit_temperature":
         labels = torch.from_numpy(op.calls[0](x)[0][1])
         return lambda: torch_fit_temperature(tensor, labels)
+    if op.name == "linear_cross_entropy":
+        return _torch_linear_cross_entropy(case, x, chunked=False)
     if op.name == "cross_entropy":
         import torch.nn.functional as F
         targets = torch.from_numpy(op.calls[0](x)[0][1])
@@ -373,6 +384,39 @@ def _torch(case, x):
     return lambda: fn(tensor, -1)
 
 
+def _torch_linear_cross_entropy(case, x, chunked):
+    """A training step's loss and backward() from hidden states: the unfused
+    ``F.cross_entropy(h @ W.T)``, or PyTorch's ``F.linear_cross_entropy`` with its chunked
+    CPU path (``options=LinearCrossEntropyOptions()``)."""
+    import torch
+    import torch.nn.functional as F
+    (hidden, weight, targets), _ = case_call(case, x)
+    h = as_tensor(hidden).clone().requires_grad_(True)
+    w = as_tensor(weight).clone().requires_grad_(True)
+    t = torch.from_numpy(targets)
+    if chunked:
+        if not hasattr(F, "linear_cross_entropy"):
+            raise NotImplementedError("this PyTorch has no F.linear_cross_entropy")
+        options = torch.nn.LinearCrossEntropyOptions()
+        loss_of = lambda: F.linear_cross_entropy(h, w, t, options=options)  # noqa: E731
+    else:
+        loss_of = lambda: F.cross_entropy(h @ w.T, t)  # noqa: E731
+
+    def forward_backward():
+        h.grad = w.grad = None
+        loss = loss_of()
+        loss.backward()
+        return loss
+    return forward_backward
+
+
+def _torch_chunked(case, x):
+    op, _ = CASES[case]
+    if "torch-chunked" not in op.peers:
+        raise NotImplementedError(f"no chunked PyTorch peer for {case}")
+    return _torch_linear_cross_entropy(case, x, chunked=True)
+
+
 def _jax(case, x):
     op, _ = CASES[case]
     if "jax" not in op.peers:
@@ -403,6 +447,7 @@ PREPARERS: dict[str, Callable] = {
     "reference": _reference,
     "scipy": _scipy,
     "torch": _torch,
+    "torch-chunked": _torch_chunked,
     "jax": _jax,
     "entmax": _entmax,
     "via-float32": _via_float32,
