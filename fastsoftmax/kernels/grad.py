@@ -19,9 +19,9 @@ from .jit import NUMBA_OPTIONS, building_block, kernel_pair
 from .numerics import (cap_slope, capped, cast_like, ce_grad_store, fill,
                        log_softmax_grad_store, record, row_dot, row_gap, row_sum,
                        softmax_grad_store, subtract_at, sum_exp, weight_of, weighted_sum)
-from .rows import (commit, compute_buffer, grad_target, load, load_max, logsumexp_of,
-                   result_row, result_target, row_ahead, row_at, row_at_or, row_buffer,
-                   task_rows)
+from .rows import (backward_row, commit, compute_buffer, grad_target, load_max,
+                   logsumexp_of, result_row, result_target, row_ahead, row_at, row_at_or,
+                   row_buffer, task_rows)
 
 
 @kernel_pair
@@ -32,10 +32,8 @@ def softmax_backward_rows(g, g_stride, y, y_stride, out, out_stride, n_rows, n_c
         y_buf = row_buffer(y, n_cols)
         first, end = task_rows(task, n_tasks, n_rows)
         for r in range(first, end):
-            grow = load(g[r * g_stride:r * g_stride + n_cols], g_buf)
-            ysrc = y[r * y_stride:r * y_stride + n_cols]
-            yrow = load(ysrc, y_buf)
-            dst = out[r * out_stride:r * out_stride + n_cols]
+            grow, ysrc, yrow, dst = backward_row(g, g_stride, y, y_stride, out, out_stride, r,
+                                                 n_cols, g_buf, y_buf)
             softmax_grad_store(grow, yrow, cast_like(yrow, row_dot(grow, yrow)),
                                result_target(ysrc, dst))
             commit(ysrc, yrow, dst)
@@ -50,10 +48,8 @@ def log_softmax_backward_rows(g, g_stride, logp, logp_stride, out, out_stride, n
         logp_buf = row_buffer(logp, n_cols)
         first, end = task_rows(task, n_tasks, n_rows)
         for r in range(first, end):
-            grow = load(g[r * g_stride:r * g_stride + n_cols], g_buf)
-            lsrc = logp[r * logp_stride:r * logp_stride + n_cols]
-            lrow = load(lsrc, logp_buf)
-            dst = out[r * out_stride:r * out_stride + n_cols]
+            grow, lsrc, lrow, dst = backward_row(g, g_stride, logp, logp_stride, out,
+                                                 out_stride, r, n_cols, g_buf, logp_buf)
             log_softmax_grad_store(grow, lrow, cast_like(lrow, row_sum(grow)),
                                    result_target(lsrc, dst))
             commit(lsrc, lrow, dst)

@@ -432,6 +432,15 @@ if not numba.config.DISABLE_JIT:
 # depend on its task, so every task count gives the same bits.
 
 @building_block
+def backward_row(g, g_stride, y, y_stride, out, out_stride, r, n_cols, g_buf, y_buf):
+    """Row ``r`` of a backward pass: ``(gradient row, saved output row as stored, saved
+    output row in the compute type, output row)``, half precision widened into the buffers."""
+    ysrc = y[r * y_stride:r * y_stride + n_cols]
+    return (load(g[r * g_stride:r * g_stride + n_cols], g_buf), ysrc, load(ysrc, y_buf),
+            out[r * out_stride:r * out_stride + n_cols])
+
+
+@building_block
 def task_rows(task, n_tasks, n_rows):
     """(first row, end row) of task ``task`` of ``n_tasks``."""
     return task * n_rows // n_tasks, (task + 1) * n_rows // n_tasks

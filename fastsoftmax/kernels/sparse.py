@@ -29,8 +29,8 @@ from .jit import building_block, kernel_pair
 from .numerics import (cast_like, cross_entropy_grad_store, fill, next_row, pick, row_dot,
                        row_max, row_of, row_or, row_sum, softmax_grad_store, subtract_at,
                        sum_exp)
-from .rows import (commit, compute_buffer, load, load_max, result_row, result_target,
-                   row_buffer, task_rows)
+from .rows import (backward_row, commit, compute_buffer, load_max, result_row,
+                   result_target, row_buffer, task_rows)
 from .softmax import softmax_row
 
 EXACT = 0  # n_iter for the exact threshold (α = 2 or 1.5)
@@ -283,10 +283,8 @@ def entmax_backward_rows(g, g_stride, y, y_stride, out, out_stride, n_rows, n_co
         w = compute_buffer(y, n_cols)
         first, end = task_rows(task, n_tasks, n_rows)
         for r in range(first, end):
-            grow = load(g[r * g_stride:r * g_stride + n_cols], g_buf)
-            ysrc = y[r * y_stride:r * y_stride + n_cols]
-            yrow = load(ysrc, y_buf)
-            dst = out[r * out_stride:r * out_stride + n_cols]
+            grow, ysrc, yrow, dst = backward_row(g, g_stride, y, y_stride, out, out_stride, r,
+                                                 n_cols, g_buf, y_buf)
             entmax_weights(yrow, alpha[r * alpha_stride], w)
             weight = row_sum(w)
             mean = row_dot(grow, w) / weight if weight > 0.0 else 0.0
