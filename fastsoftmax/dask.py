@@ -137,10 +137,15 @@ def _block_max(block, mask=None, *, op, axis, cast_to, temperature, threads):
 
 
 def _block_sums(block, maxima, mask=None, *, op, axis, cast_to, temperature, threads):
-    """sum(exp((x - row max) / T)) over one block's part of each row, float64."""
+    """sum(exp((x - row max) / T)) over one block's part of each row, float64. Where the
+    in-memory kernel sums the exponentials it has stored (softmax), so does this pass (into
+    the block's unused result): a sum of stored values and a sum of values computed in the
+    loop are separate loops that LLVM may vectorise in different orders, and the bits of the
+    in-memory call are the contract."""
     batch = _block_batch(op, block, mask, axis, cast_to, temperature)
     with thread_limit(threads):
-        return _from_rows(plan.row_sums(batch, _rows(maxima, axis)), block, axis)
+        return _from_rows(plan.row_sums(batch, _rows(maxima, axis), keep=op.split_keeps_exps),
+                          block, axis)
 
 
 def _block_rests(block, maxima, sums, mask=None, *, op, axis, cast_to, temperature, threads):
