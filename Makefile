@@ -47,7 +47,7 @@ install-jax: install ## add JAX (CPU) only
 TEST_WORKERS ?= auto
 
 test: install-peers ## run the test suite, PyTorch and JAX included (benchmarks run once each, untimed)
-	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 test-slow: install-peers ## run the whole suite, the slow tests too
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
