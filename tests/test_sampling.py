@@ -18,7 +18,7 @@ from fastsoftmax import plan, reference
 from fastsoftmax.kernels import sampling as sampling_kernels
 
 from .conftest import PURE_PYTHON
-from .inputs import random_logits
+from .inputs import dtype_of, random_logits
 
 # A small vocabulary whose every token has a large expected count in 20,000 draws, in an
 # order that is not sorted (the inverse CDF runs in index order, the filters by value).
@@ -157,6 +157,84 @@ def test_drawn_token_is_always_kept(data):
     drawn = fastsoftmax.sample(x, seed=data.draw(st.integers(0, 2**32)), **kwargs)
     probs = reference.sampling_probs(x, **kwargs)
     assert np.all(probs[np.arange(n_rows), drawn] > 0), (x, kwargs, drawn)
+
+
+# --- filters found among candidates gathered from the logits (kernels/sampling.py, PRUNE_BLOCK) -
+# A small top-k, or top-p, of a long row gathers its candidates from the logits instead of
+# exponentiating the whole row; ties at the threshold, near-ties with the pruning bound, too
+# many candidates and a top-k too large for it take the scratch row's way. Both must keep
+# exactly what the reference keeps.
+PRUNED_TOP_K = [dict(), dict(top_p=0.8), dict(temperature=0.7, min_p=0.02),
+                dict(typical_p=0.9), dict(top_n_sigma=2.0), dict(where=True, top_p=0.95)]
+PRUNED_TOP_P = [dict(top_p=0.9), dict(temperature=0.6, top_p=0.5),
+                dict(temperature=2.0, top_p=0.9), dict(top_p=0.99, typical_p=0.9),
+                dict(where=True, top_p=0.8)]
+
+
+def pruning_rows(kwargs, n_cols, grid):
+    """16 rows of logits (on a grid of ``grid``: ties at every threshold), one with many
+    -inf, one of a single tied value, one peaked; ``kwargs`` with its ``where`` made."""
+    rng = np.random.default_rng(n_cols + len(kwargs))
+    x = random_logits(rng, (16, n_cols), np.float64, scale=3.0)
+    if grid:
+        x = np.round(x / grid) * grid
+    x[1, rng.integers(0, n_cols, n_cols // 10)] = -np.inf
+    x[2, :] = x[2, 0]
+    x[3, :5] += 40.0
+    if kwargs.get("where"):
+        kwargs = dict(kwargs, where=rng.random(n_cols) < 0.8)
+    return x, kwargs
+
+
+def assert_same_draws_as_the_reference(x, kwargs, n_top):
+    options = dict(kwargs, return_logprobs=True, top_logprobs=n_top, logprobs_mode="processed",
+                   seed=np.arange(x.shape[0]))
+    got = fastsoftmax.sample(x, **options)
+    want = reference.sample(x, **options)
+    message = describe(kwargs)
+    np.testing.assert_array_equal(got.tokens, want.tokens, err_msg=message)
+    np.testing.assert_array_equal(got.top_tokens, want.top_tokens, err_msg=message)
+    np.testing.assert_allclose(got.top_logprobs, want.top_logprobs, atol=1e-12, err_msg=message)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("grid", [None, 0.25], ids=["spread", "ties"])
+@pytest.mark.parametrize("n_cols", [8192, 40000])
+@pytest.mark.parametrize("kwargs", PRUNED_TOP_K, ids=describe)
+def test_top_k_on_the_logits_keeps_what_the_reference_keeps(kwargs, n_cols, grid):
+    x, kwargs = pruning_rows(kwargs, n_cols, grid)
+    params = np.ones(sampling_kernels.N_PARAMS)  # with a top-k, only n_cols and k decide
+    edge = sampling_kernels.prune_blocks(n_cols, 1, params) // 4  # the largest top-k pruned
+    for top_k in (1, 7, edge, edge + 1):
+        assert (sampling_kernels.prune_blocks(n_cols, top_k, params) > 0) == (top_k <= edge)
+        assert_same_draws_as_the_reference(x, dict(kwargs, top_k=top_k), top_k + 8)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("grid", [None, 0.25], ids=["spread", "ties"])
+@pytest.mark.parametrize("n_cols", [4096, 40000])
+@pytest.mark.parametrize("kwargs", PRUNED_TOP_P, ids=describe)
+def test_top_p_on_the_logits_keeps_what_the_reference_keeps(kwargs, n_cols, grid):
+    x, kwargs = pruning_rows(kwargs, n_cols, grid)
+    assert_same_draws_as_the_reference(x, kwargs, 64)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_top_k_on_the_logits_in_the_compute_dtype(dtype):
+    # float32 and half-precision rows (compute float32): ties are decided there, so the draws
+    # are checked against the reference's kept set rather than draw by draw
+    rng = np.random.default_rng(5)
+    x = random_logits(rng, (32, 32000), np.float32, scale=3.0)
+    x[::4] = np.round(x[::4] * 4) / 4
+    x = x.astype(dtype_of(dtype))
+    for kwargs in (dict(top_k=50), dict(top_k=20, top_p=0.9, temperature=0.8),
+                   dict(top_p=0.9, temperature=0.8)):
+        drawn = fastsoftmax.sample(x, seed=9, **kwargs)
+        probs = reference.sampling_probs(np.asarray(x, np.float32), **kwargs)
+        assert np.all(probs[np.arange(32), drawn] > 0), describe(kwargs)
+        assert np.mean(drawn == reference.sample(np.asarray(x, np.float32), seed=9,
+                                                 **kwargs)) >= 0.9
 
 
 @pytest.mark.large

@@ -41,8 +41,8 @@ from numba.core import types
 from numba.extending import overload
 
 from .jit import NUMBA_OPTIONS, building_block, kernel_pair, reduction
-from .numerics import (BLOCK, cast_like, exp_store_sum, maximum, next_row, pick, row_max, row_of,
-                       sum_exp)
+from .numerics import (BLOCK, cast_like, exp_shifted, exp_store_sum, maximum, next_row, pick,
+                        row_max, row_of, sum_exp)
 from .rows import compute_buffer, load, load_copy, task_rows
 
 # Codes written instead of a column for rows that cannot be sampled.
@@ -466,31 +466,201 @@ def count_equal(row, sel, value):
 # --- filters -----------------------------------------------------------------------------------
 
 @building_block
-def filtered_band(p, row, sel, m, inv_t, params, top_k, buffer):
-    """The interval ``[lo, hi]`` of the values of the scratch row ``p`` (max 1, 0 for tokens
-    left out) kept by the filters, in the order top-n-sigma, min-p, top-k, top-p, typical-p
-    (the first two are thresholds relative to the maximum: they commute), and the mass kept.
-    ``row``: the logits ``p`` was computed from (``p = exp((row - m) * inv_t)``)."""
+def kept_threshold(p, std_row, std_sel, m, inv_t, params, top_k, buffer):
+    """The smallest value of ``p`` kept by the filters top-n-sigma, min-p and top-k, in that
+    order (the first two are thresholds relative to the maximum: they commute). ``p``: the
+    scratch row (max 1, 0 for tokens left out), or the candidates of :func:`draw_pruned`;
+    ``std_row``/``std_sel``: the row's logits and ``where``, for top-n-sigma."""
     one = cast_like(p, 1.0)
     above_all = key_value(order_key(one) + 1, p)
     smallest_positive = key_value(1, p)  # p = 0 (masked out, or underflow) is never drawn
     t = max(cast_like(p, params[MIN_P]), smallest_positive)
     n_sigma = params[N_SIGMA]
     if n_sigma < np.inf:  # keep row >= m - n_sigma * std(row)
-        t = max(t, cast_like(p, np.exp(-n_sigma * finite_std(row, sel, m)
+        t = max(t, cast_like(p, np.exp(-n_sigma * finite_std(std_row, std_sel, m)
                                        * np.float64(inv_t))))
     if top_k > 0:
         count = weigh(p, t, above_all, one)[0]
         if count > top_k:
             t = threshold_search(p, one, np.float64(top_k), t, above_all, count, buffer)
+    return t
+
+
+@building_block
+def mass_band(p, row, t, m, inv_t, params, buffer, kept_mass):
+    """``(lo, hi, mass, t_p)``: the interval ``[lo, hi]`` of the values of ``p``
+    (``p = exp((row - m) * inv_t)``) kept by top-p and then typical-p among those ``>= t``,
+    the mass kept, and ``t_p`` the top-p threshold (``t`` without top-p). ``kept_mass``: the
+    mass of the whole row's values ``>= t`` when ``p`` holds only candidates for top-p
+    (:func:`draw_nucleus`), or a negative number: the mass of ``p``'s own."""
+    one = cast_like(p, 1.0)
+    above_all = key_value(order_key(one) + 1, p)
     if params[TOP_P] < 1.0:
         mass, count = weigh(p, t, above_all, None)
-        t = threshold_search(p, None, params[TOP_P] * mass, t, above_all, count, buffer)
+        target = params[TOP_P] * (mass if kept_mass < 0.0 else kept_mass)
+        if mass < target:
+            return t, above_all, -1.0, t  # rounding left the candidates short: not pruned
+        t = threshold_search(p, None, target, t, above_all, count, buffer)
     lo, hi = t, above_all
     if params[TYPICAL_P] < 1.0:
         lo, hi = typical_band(p, row, t, above_all, m, inv_t, band_mass(p, t, above_all),
                               params[TYPICAL_P], buffer)
-    return lo, hi, band_mass(p, lo, hi)
+    return lo, hi, band_mass(p, lo, hi), t
+
+
+# --- candidates gathered from the logits ---------------------------------------------------------
+# A small top-k keeps a few dozen tokens of a 128K row, and top-p rarely keeps more than a few
+# thousand, yet the scratch row's way exponentiates, stores and bisects the whole row. Instead,
+# after the max pass has taken the maxima of blocks of PRUNE_BLOCK logits, a bound ``tau`` on
+# the logits is found below which no token can be kept, the logits ``>= tau`` are gathered
+# (reading only the blocks whose maximum reaches tau) and the filters run on those candidates
+# alone:
+# - top-k: tau is the 2k-th largest block maximum (at least 2k logits are >= tau: the maxima);
+# - top-p: with S the sum of the row's p (a read-only pass), a value c = (1 - top_p) S / (2 n)
+#   leaves out less than (1 - top_p) S / 2 of mass below it, so the top-p threshold is above
+#   c; tau is the logit where p falls below c.
+# Exact: p = exp((x - m) / T) is non-decreasing in x up to the polynomial's error, so every
+# logit below tau has p <= p(tau) (1 + PRUNE_MARGIN); when the threshold found among the
+# candidates lies above that, no token outside them reaches it, and the kept set is the one
+# the whole row gives (min-p and top-n-sigma thresholds apply to the candidates as to the row).
+# Otherwise (ties or near-ties with tau, too many candidates, a top-k keeping nearly everything)
+# the row takes the scratch row's way.
+PRUNE_BLOCK = 128
+PRUNE_CANDIDATES = 1024     # top-k's candidates at most
+PRUNE_MIN_COLS = 4096       # shorter rows take the scratch row's way
+PRUNE_MARGIN = 2.0 ** -20   # far above exp's relative error (~1.6e-7 in float32)
+NOT_PRUNED = -3             # a pruned draw's answer when the row must take the other way
+
+
+@building_block
+def prune_blocks(n_cols, top_k, params):
+    """How many PRUNE_BLOCK-blocks the maxima of a row of ``n_cols`` take when its filters
+    can be found on the logits, else 0: a top-k of at most a quarter of the blocks (so that
+    tau is far above most logits), or top-p without top-k, min-p or top-n-sigma."""
+    n_blocks = (n_cols + PRUNE_BLOCK - 1) // PRUNE_BLOCK
+    if n_cols < max(PRUNE_MIN_COLS, 2 * n_blocks + 2 * PRUNE_CANDIDATES):
+        return 0
+    if top_k > 0:
+        return n_blocks if 4 * top_k <= n_blocks else 0
+    if params[TOP_P] < 1.0 and params[MIN_P] == 0.0 and params[N_SIGMA] == np.inf:
+        return n_blocks
+    return 0
+
+
+@building_block
+def block_maxima(row, sel, maxima):
+    """maxima[b] = the maximum of the selected values of block ``b`` (PRUNE_BLOCK elements);
+    returns the row's maximum, as :func:`~fastsoftmax.kernels.numerics.row_max` does."""
+    m = cast_like(row, -np.inf)
+    for b in range(maxima.size):
+        start = b * PRUNE_BLOCK
+        stop = min(start + PRUNE_BLOCK, row.size)
+        v = row_max(row[start:stop], row_of(sel, start, stop - start))
+        maxima[b] = v
+        m = maximum(m, v)
+    return m
+
+
+@building_block
+def kth_largest(a, k):
+    """The ``k``-th largest value of ``a`` (1 <= k <= a.size, no NaN), by quickselect; ``a``
+    is reordered."""
+    lo = 0
+    hi = a.size - 1
+    target = k - 1
+    while lo < hi:
+        pivot = a[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:  # Hoare partition, descending
+            while a[i] > pivot:
+                i += 1
+            while a[j] < pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            break
+    return a[target]
+
+
+@building_block
+def gather_at_least(row, sel, maxima, tau, columns, values):
+    """The selected values of ``row`` that are ``>= tau``, in column order, into ``values``
+    and their columns into ``columns``, reading only the blocks whose maximum reaches
+    ``tau``; their number, or -1 when they do not fit."""
+    n = 0
+    for b in range(maxima.size):
+        if maxima[b] >= tau:
+            for j in range(b * PRUNE_BLOCK, min((b + 1) * PRUNE_BLOCK, row.size)):
+                if pick(sel, j, row[j] >= tau, False):
+                    if n == columns.size:
+                        return -1
+                    columns[n] = j
+                    values[n] = row[j]
+                    n += 1
+    return n
+
+
+@building_block
+def outside_bound(tau, m, scale):
+    """The largest p a token below the candidates' bound ``tau`` may have, float64."""
+    return np.float64(exp_shifted(tau, m, scale)) * (1.0 + PRUNE_MARGIN)
+
+
+@building_block
+def draw_pruned(row, sel, p, maxima, columns, buffer, params, top_k, mode, tokens, values, m,
+                scale, ahead):
+    """:func:`draw_row` for a row whose filters are found among candidates gathered from its
+    logits (see PRUNE_BLOCK), or ``(NOT_PRUNED, nan)``. ``maxima``: the row's block maxima,
+    the start of the scratch row ``p``, whose rest holds the candidates."""
+    n_blocks = maxima.size
+    kept_mass = -1.0
+    if top_k > 0:
+        work = p[n_blocks:2 * n_blocks]
+        work[:] = maxima
+        # the 2k-th largest maximum, not the k-th: when the k largest logits lie in k
+        # different blocks, the k-th maximum is the k-th logit itself, and the check below
+        # would send the row the other way
+        tau = kth_largest(work, min(2 * top_k, n_blocks))
+        room = PRUNE_CANDIDATES
+    else:
+        kept_mass = sum_exp(row, sel, m, scale, ahead)
+        bound = 0.5 * (1.0 - params[TOP_P]) * kept_mass / row.size
+        tau = cast_like(row, np.float64(m) + np.log(bound) / params[INV_T])
+        room = min(columns.size, (p.size - 2 * n_blocks) // 2)
+    logits = p[2 * n_blocks:2 * n_blocks + room]
+    n = gather_at_least(row, sel, maxima, tau, columns[:room], logits)
+    if n < 0:
+        return NOT_PRUNED, np.nan
+    logits = logits[:n]
+    probs = p[2 * n_blocks + room:2 * n_blocks + room + n]
+    for i in range(n):
+        probs[i] = exp_shifted(logits[i], m, scale)
+    t = kept_threshold(probs, row, sel, m, scale, params, top_k, buffer)
+    outside = outside_bound(tau, m, scale)
+    if top_k > 0 and not np.float64(t) > outside:
+        return NOT_PRUNED, np.nan  # a token outside the candidates may reach the threshold
+    lo, hi, mass, t_p = mass_band(probs, logits, t, m, scale, params, buffer, kept_mass)
+    if mass < 0.0 or (top_k == 0 and not np.float64(t_p) > outside):
+        return NOT_PRUNED, np.nan
+    token = columns[inverse_cdf(probs, lo, hi, params[UNIFORM] * mass)]
+    log_mass = np.log(mass)
+    inv_t = params[INV_T]
+    logprob = (np.float64(row[token]) - np.float64(m)) * inv_t - log_mass
+    if mode == PROCESSED:
+        found = top_between(probs, None, lo, hi, tokens, values)
+        for i in range(found):
+            tokens[i] = columns[tokens[i]]
+            values[i] = (np.float64(row[tokens[i]]) - np.float64(m)) * inv_t - log_mass
+        fill_top(tokens, values, found, row.size)
+    return token, logprob
 
 
 # --- the logits a row is drawn from: bias and penalties -------------------------------------------
@@ -631,11 +801,13 @@ NO_LOGPROBS, RAW, PROCESSED = 0, 1, 2
 
 
 @building_block
-def draw_row(row, sel, p, buffer, params, top_k, mode, tokens, values, ahead):
+def draw_row(row, sel, p, columns, buffer, params, top_k, mode, tokens, values, ahead):
     """The token drawn from the logits ``row`` (already edited), or a negative code; with
     ``mode`` PROCESSED, the log-probabilities of the distribution it is drawn from: the top
     tokens into ``tokens``/``values``, and ``(token, its log-probability)`` returned."""
-    m = row_max(row, sel)
+    n_blocks = prune_blocks(row.size, top_k, params)
+    maxima = p[:n_blocks]
+    m = block_maxima(row, sel, maxima) if n_blocks else row_max(row, sel)
     code = unsampleable(m)
     if code:
         return code, np.nan
@@ -660,8 +832,14 @@ def draw_row(row, sel, p, buffer, params, top_k, mode, tokens, values, ahead):
             fill_top(tokens, values, found, row.size)
         return token, logprob
     scale = cast_like(p, inv_t)
+    if n_blocks:
+        token, logprob = draw_pruned(row, sel, p, maxima, columns, buffer, params, top_k, mode,
+                                     tokens, values, m, scale, ahead)
+        if token != NOT_PRUNED:
+            return token, logprob
     exp_store_sum(row, sel, m, scale, p, ahead)
-    lo, hi, mass = filtered_band(p, row, sel, m, scale, params, top_k, buffer)
+    lo, hi, mass, _ = mass_band(p, row, kept_threshold(p, row, sel, m, scale, params, top_k,
+                                                        buffer), m, scale, params, buffer, -1.0)
     token = inverse_cdf(p, lo, hi, u * mass)
     log_mass = np.log(mass)
     logprob = (np.float64(row[token]) - np.float64(m)) * inv_t - log_mass
@@ -674,7 +852,7 @@ def draw_row(row, sel, p, buffer, params, top_k, mode, tokens, values, ahead):
 
 
 @building_block
-def sample_row(src, sel, values_row, p, buffer, counts, params, top_k, history, h0, h1,
+def sample_row(src, sel, values_row, p, columns, buffer, counts, params, top_k, history, h0, h1,
                bias_tokens, bias_values, b0, b1, mode, tokens, values, ahead):
     """``(token or code, log-probability)`` of one row of the caller's logits ``src``: edited
     in the scratch row ``values_row`` when it has biases or penalties (the raw log-probabilities
@@ -686,14 +864,14 @@ def sample_row(src, sel, values_row, p, buffer, counts, params, top_k, history, 
         if mode == RAW:
             raw_m, raw_log_s = raw_logprobs(edits, sel, tokens, values)
         apply_edits(edits, bias_tokens, bias_values, b0, b1, history, h0, h1, counts, params)
-        token, logprob = draw_row(edits, sel, p, buffer, params, top_k, mode, tokens, values,
-                                  ahead)
+        token, logprob = draw_row(edits, sel, p, columns, buffer, params, top_k, mode, tokens,
+                                  values, ahead)
     else:
         row = load(src, values_row)
         if mode == RAW:
             raw_m, raw_log_s = raw_logprobs(row, sel, tokens, values)
-        token, logprob = draw_row(row, sel, p, buffer, params, top_k, mode, tokens, values,
-                                  ahead)
+        token, logprob = draw_row(row, sel, p, columns, buffer, params, top_k, mode, tokens,
+                                  values, ahead)
     if mode == RAW and token >= 0:
         logprob = raw_logprob_of(load(src[token:token + 1], buffer)[0], raw_m, raw_log_s)
     return token, logprob
@@ -721,12 +899,13 @@ def sample_rows(x, x_stride, mask, mask_stride, n_rows, n_cols, params, top_k, h
     for task in prange(n_tasks):
         scratch = compute_buffer(x, 2 * n_cols + GATHER)
         counts = np.zeros(n_cols if has_history else 0, np.int32)
+        columns = np.empty(max(PRUNE_CANDIDATES, n_cols // 2), np.int64)
         first, end = task_rows(task, n_tasks, n_rows)
         for r in range(first, end):
             token, logprob = sample_row(
                 x[r * x_stride:r * x_stride + n_cols], row_of(mask, r * mask_stride, n_cols),
-                scratch[:n_cols], scratch[n_cols:2 * n_cols], scratch[2 * n_cols:], counts,
-                params[r], top_k[r], history, history_bounds[r, 0], history_bounds[r, 1],
+                scratch[:n_cols], scratch[n_cols:2 * n_cols], columns, scratch[2 * n_cols:],
+                counts, params[r], top_k[r], history, history_bounds[r, 0], history_bounds[r, 1],
                 bias_tokens, bias_values, bias_bounds[r, 0], bias_bounds[r, 1], mode,
                 top_tokens[r * n_top:(r + 1) * n_top], top_values[r * n_top:(r + 1) * n_top],
                 next_row(x, r, n_rows, x_stride, n_cols))
