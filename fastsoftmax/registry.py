@@ -259,7 +259,10 @@ def _serving_batch(x, *, penalties=True, logprobs=False) -> dict:
 OPERATIONS = {op.name: op for op in (
     Operation(
         "softmax", reference.softmax, (softmax.softmax_rows,), (_rows,),
-        split_finish=softmax.softmax_finish, split_keeps_exps=True, bench={"softmax": {}},
+        split_finish=softmax.softmax_finish, split_keeps_exps=True,
+        # softmax_axis0: along the first axis of a C-ordered batch (rows of columns, read in
+        # place by the column tiles), timed on the transposed shape of softmax's
+        bench={"softmax": {}, "softmax_axis0": {"axis": 0}},
         peers=("scipy", "torch", "jax"), columns=softmax.softmax_columns),
     Operation(
         "log_softmax", reference.log_softmax, (softmax.log_softmax_rows,), (_rows,),

@@ -61,10 +61,12 @@ def test_default_cases():
     distill = [(c.function, c.shape, c.dtype) for c in cases
                if c.function in {f for f, _, _ in bench.QUICK_DISTILL_CASES}]
     assert distill == list(bench.QUICK_DISTILL_CASES)
+    axis = [(c.function, c.shape, c.dtype) for c in cases if c.function == "softmax_axis0"]
+    assert axis == list(bench.QUICK_AXIS_CASES)
     float32 = [c for c in cases if c.dtype == "float32" and c.function in bench.QUICK_FUNCTIONS
                and c.shape not in bench.DECODE_SHAPES]
     assert len(float32) + len(half) + len(sparse) + len(sampling) + len(decode) + \
-        len(distill) == len(cases)
+        len(distill) + len(axis) == len(cases)
     assert {c.shape for c in float32} == set(bench.QUICK_SHAPES)
     assert cli.startup_dtypes(cases) == ["float32"]  # make bench --startup: no bfloat16
     args = cli.build_parser().parse_args(["bench"])

@@ -45,6 +45,9 @@ QUICK_DECODE_CASES = tuple(
      for shape in DECODE_SHAPES]
     + [(function, shape, "float32") for function in ("sample_top_k", "sample_top_p")
        for shape in ((1, 128256), (64, 128256))])
+# with --quick: softmax along axis 0 of the training batch transposed (a C-ordered 32000x2048),
+# to compare with softmax of 2048x32000 along its last axis
+QUICK_AXIS_CASES = (("softmax_axis0", (32000, 2048), "float32"),)
 # with --quick: the distillation losses on the training batch (against PyTorch's
 # F.kl_div and autograd), time and peak memory
 QUICK_DISTILL_CASES = tuple((function, (2048, 32000), "float32")

@@ -99,6 +99,7 @@ def bench_cases(args) -> list:
         cases += [bench.Case(*case) for case in bench.QUICK_HALF_CASES
                   if _half_dtype_available(case[2])]
         cases += [bench.Case(*case) for case in bench.QUICK_DECODE_CASES]
+        cases += [bench.Case(*case) for case in bench.QUICK_AXIS_CASES]
         cases += [bench.Case(*case) for case in bench.QUICK_SPARSE_CASES]
         cases += [bench.Case(*case) for case in bench.QUICK_DISTILL_CASES]
         cases += [bench.Case(*case) for case in bench.QUICK_SAMPLING_CASES]

@@ -192,7 +192,8 @@ def _scipy(case, x):
         raise NotImplementedError("SciPy does not take bfloat16")
     from scipy import special
     fn = getattr(special, op.name)
-    return lambda: fn(x, axis=-1)
+    axis = _options(case).get("axis", -1)
+    return lambda: fn(x, axis=axis)
 
 
 def _torch_sampler(kwargs, tensor):
@@ -381,7 +382,8 @@ def _torch(case, x):
             return leaf.grad
         return forward_backward
     fn = getattr(torch, op.name)
-    return lambda: fn(tensor, -1)
+    dim = kwargs.get("axis", -1)
+    return lambda: fn(tensor, dim)
 
 
 def _torch_linear_cross_entropy(case, x, chunked):
@@ -427,7 +429,8 @@ def _jax(case, x):
         jax.config.update("jax_enable_x64", True)
     array = jax.device_put(jnp.asarray(x))
     fn = jax.jit(getattr(jax.nn, op.name), static_argnames="axis")
-    return lambda: fn(array, axis=-1).block_until_ready()
+    axis = _options(case).get("axis", -1)
+    return lambda: fn(array, axis=axis).block_until_ready()
 
 
 def _entmax(case, x):
