@@ -15,27 +15,35 @@ def func_name(request):
     return request.param
 
 
-def _kernel_group(item):
-    """The operation and dtype a test is parametrised by ("softmax-float32"), or None."""
+# Most of the suite's time is Numba compiling kernels: one set per operation and dtype, and the
+# build matrix (tests/test_builds.py) and the read-only JAX inputs (tests/test_interop.py) each
+# compile every build of every operation in every dtype. On a 2-core Zen 3 machine the whole
+# matrix takes about 26 minutes, and CI must finish in 15: `make test` runs it for the softmax
+# family in every dtype and for the other operations in float32 and bfloat16 (the
+# half-precision path, which float16 shares but for its conversions, tested in
+# tests/test_half.py); the rest of the matrix is marked `slow` and runs in `make test-slow`.
+MATRIX_FILES = ("test_builds.py", "test_interop.py")
+CI_DTYPES = ("float32", "bfloat16")
+FAMILY = ("softmax", "log_softmax", "logsumexp")
+
+
+def _outside_the_ci_matrix(item):
+    """True for a test of the build or JAX matrix of an operation outside the softmax family
+    in a dtype outside CI_DTYPES."""
+    if os.path.basename(str(item.fspath)) not in MATRIX_FILES:
+        return False
     params = getattr(getattr(item, "callspec", None), "params", {})
-    names = [str(v) for v in params.values() if isinstance(v, str) and v in OPERATIONS]
-    if not names:
-        return None
-    dtype = params.get("dtype")
-    return f"{names[0]}-{getattr(dtype, '__name__', dtype)}"
+    name = params.get("name")
+    dtype = params.get("dtype", params.get("dtype_name"))
+    dtype = getattr(dtype, "__name__", dtype)
+    return (name in OPERATIONS and name not in FAMILY and dtype is not None
+            and str(dtype) not in CI_DTYPES)
 
 
 def pytest_collection_modifyitems(config, items):
-    # Most of the suite's time is Numba compiling kernels, one set per operation and dtype.
-    # Under pytest-xdist with --dist loadgroup (`make test`) the tests of one operation and
-    # dtype, in every file, run on one worker, which compiles their kernels once; with the
-    # default scheduling, consecutive tests alternate between workers and each worker compiled
-    # the same kernels (measured: two workers spent 2.2x the CPU time of one process on the
-    # same tests, and took longer).
     for item in items:
-        group = _kernel_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+        if _outside_the_ci_matrix(item):
+            item.add_marker(pytest.mark.slow)
     # Without the JIT (NUMBA_DISABLE_JIT=1, `make coverage`) kernels run as Python, ~10 µs an
     # element: tests marked `large` are left out there.
     if PURE_PYTHON:
