@@ -171,6 +171,10 @@ PRUNED_TOP_P = [dict(top_p=0.9), dict(temperature=0.6, top_p=0.5),
                 dict(where=True, top_p=0.8)]
 
 
+# logits as drawn, and on a grid of 1/4 (ties at every threshold)
+ON_GRIDS = pytest.mark.parametrize("grid", [None, 0.25], ids=["spread", "ties"])
+
+
 def pruning_rows(kwargs, n_cols, grid):
     """16 rows of logits (on a grid of ``grid``: ties at every threshold), one with many
     -inf, one of a single tied value, one peaked; ``kwargs`` with its ``where`` made."""
@@ -198,7 +202,7 @@ def assert_same_draws_as_the_reference(x, kwargs, n_top):
 
 
 @pytest.mark.large
-@pytest.mark.parametrize("grid", [None, 0.25], ids=["spread", "ties"])
+@ON_GRIDS
 @pytest.mark.parametrize("n_cols", [8192, 40000])
 @pytest.mark.parametrize("kwargs", PRUNED_TOP_K, ids=describe)
 def test_top_k_on_the_logits_keeps_what_the_reference_keeps(kwargs, n_cols, grid):
@@ -211,7 +215,7 @@ def test_top_k_on_the_logits_keeps_what_the_reference_keeps(kwargs, n_cols, grid
 
 
 @pytest.mark.large
-@pytest.mark.parametrize("grid", [None, 0.25], ids=["spread", "ties"])
+@ON_GRIDS
 @pytest.mark.parametrize("n_cols", [4096, 40000])
 @pytest.mark.parametrize("kwargs", PRUNED_TOP_P, ids=describe)
 def test_top_p_on_the_logits_keeps_what_the_reference_keeps(kwargs, n_cols, grid):
