@@ -37,6 +37,47 @@ _F64 = np.dtype(np.float64)
 REDUCTIONS = ("mean", "sum", "none")
 
 
+# --- what the kernels are handed ----------------------------------------------------------------
+
+class _WritableInterface:
+    """The memory of a read-only array, exported through the array interface as writable: a
+    NumPy array made from it is a view of the same memory, and it keeps the array alive."""
+
+    __slots__ = ("array", "__array_interface__")
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        interface = dict(array.__array_interface__)
+        interface["data"] = (interface["data"][0], False)
+        self.__array_interface__ = interface
+
+
+def writable_alias(array: np.ndarray) -> np.ndarray:
+    """``array`` itself, or for a read-only one a writable view of its memory, to hand to a
+    kernel.
+
+    Numba compiles a kernel once per type of its arguments, and a read-only array is a type of
+    its own: every kernel met by a read-only input (a JAX array, a broadcast ``where`` or
+    argument, a read-only memory map) compiled a second time, the same code, a second or more
+    each (a third of the test suite's compilation, docs/design.md "Compiled variants"). Kernels
+    only write into what they are given as output; an input is their output only when the
+    caller passed it as ``out``, which the argument layer accepts only when writable.
+    """
+    if array.flags.writeable:
+        return array
+    alias = np.asarray(_WritableInterface(array))
+    return alias if alias.dtype == array.dtype else alias.view(array.dtype)
+
+
+def writable_arguments(args: tuple) -> tuple:
+    """``args`` with each read-only array replaced by :func:`writable_alias` (the same tuple
+    when there is none)."""
+    for arg in args:  # isinstance: a slice of a read-only np.memmap is a memmap
+        if isinstance(arg, np.ndarray) and not arg.flags.writeable:
+            return tuple(writable_alias(a) if isinstance(a, np.ndarray) else a for a in args)
+    return args
+
+
 # --- half precision ---------------------------------------------------------------------------
 
 class Bfloat16Bits:
@@ -748,20 +789,25 @@ def contiguous_rows(x, axis, out, reduce: bool):
     # identity tests: the builtin native dtypes are singletons (anything else takes the
     # general path, which handles it)
     if not (ndim and type(axis) is int and (axis == -1 or axis == ndim - 1)
-            and (x_dtype is _F32 or x_dtype is _F64) and x.flags.c_contiguous):
+            and (x_dtype is _F32 or x_dtype is _F64)):
+        return None
+    flags = x.flags
+    if not flags.c_contiguous:
         return None
     n_cols = x.shape[-1]
     if n_cols == 0 or x.size == 0:
         return None
     shape = x.shape[:-1] if reduce else x.shape
     x_flat = x.ravel()  # a view: x is C-contiguous
+    if not flags.writeable:
+        x_flat = writable_alias(x_flat)
     if out is None:
         result = np.empty(shape, x_dtype)
         out_flat = result.ravel()
     elif (type(out) is np.ndarray and out.shape == shape and out.dtype is x_dtype
             and out.flags.c_contiguous and out.flags.writeable):
         result = out
-        if out is x and not reduce and x.flags.writeable:
+        if out is x and not reduce and flags.writeable:
             out_flat = None  # in place
         elif (out.base is not None or x.base is not None) and np.may_share_memory(out, x):
             return None  # two arrays that own their memory cannot overlap; views may
@@ -895,7 +941,8 @@ class CrossEntropyRows:
     count: int                # how many
     denominator: float        # of "mean": the weights of the counted targets (rows for p)
     losses: np.ndarray
-    lses: np.ndarray | None
+    lses: np.ndarray          # each row's logsumexp (float64)
+    read_ignored: bool        # ignored rows' logsumexps are wanted too (return_lse, z_loss)
 
     def scales(self) -> tuple[float, float]:
         """(scale of the losses, z_scale) in the gradient: 1 / denominator and 2 * z_loss /
@@ -918,17 +965,18 @@ class CrossEntropyRows:
             x = x[start * self.x_stride:] if logits is None else logits
             p = None if p is None else p[start * self.p_stride:]
             targets, losses = targets[start:stop], losses[start:stop]
-            lses = None if lses is None else lses[start:stop]
+            lses = lses[start:stop]
         elif logits is not None:
             x = logits
         n = stop - start
         rows = (x, self.x_stride, targets, self.ignore_index, n, self.n_cols, self.inv_t,
                 self.smoothing, self.w, self.w_total, p, self.p_stride, self.cap)
         if grad is None and not in_place:
-            return Batch(self.kernels[0], rows + (losses, lses), n, self.n_cols, finish)
+            return Batch(self.kernels[0], rows + (losses, lses, self.read_ignored), n,
+                         self.n_cols, finish)
         scale, z_scale = self.scales()
-        return Batch(self.kernels[1], rows + (scale, z_scale, losses, lses, grad, grad_stride),
-                     n, self.n_cols, finish)
+        return Batch(self.kernels[1], rows + (scale, z_scale, losses, lses, self.read_ignored,
+                                              grad, grad_stride), n, self.n_cols, finish)
 
     def reduce(self):
         """The loss (float64) reduced as asked: per row for "none" (z-loss added to the
@@ -1001,7 +1049,7 @@ def prepare_cross_entropy(op, logits, targets, *, weight, ignore_index, label_sm
         op.kernels, x_flat, x_stride, t, ignore_index, n_rows, n_cols, inv_t, smoothing, w,
         float(n_cols) if w is None else float(np.asarray(w, np.float64).sum()), p_flat,
         p_stride, cap, z_loss, reduction, kept, count, denominator, np.empty(n_rows),
-        np.empty(n_rows) if (z_loss or return_lse) else None)
+        np.empty(n_rows), bool(z_loss or return_lse))
 
     def results():
         value = cast_result(ce.reduce(), result_dtype, xo.bits_only)
@@ -1095,7 +1143,7 @@ def prepare_linear_cross_entropy(op, hidden, weight, targets, *, bias, ignore_in
     ce = CrossEntropyRows(
         op.kernels, None, n_classes, t, ignore_index, n_rows, n_classes, 1.0, smoothing, None,
         float(n_classes), None, 0, cap, z_loss, reduction, kept, count, float(count),
-        np.empty(n_rows), np.empty(n_rows) if z_loss else None)
+        np.empty(n_rows), np.empty(n_rows), bool(z_loss))
     chunk = chunk_rows(n_rows, n_classes, compute.itemsize,
                        check_int(chunk_size, func, "chunk_size", minimum=1, none_ok=True))
 

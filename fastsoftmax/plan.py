@@ -17,7 +17,7 @@ import math
 import numba
 import numpy as np
 
-from .arguments import ColumnBatch, RowBatch
+from .arguments import ColumnBatch, RowBatch, writable_arguments
 from .kernels import softmax as split_kernels
 from .kernels.numerics import BLOCK, DOMINATED_SUM
 from .parallel import launch_guard, parallel_available
@@ -103,7 +103,10 @@ def task_count(parallel: bool, n_rows: int) -> int:
 
 
 def launch(kernel_pair, parallel: bool, *args) -> None:
-    """Run the serial or the parallel build of a kernel (the latter under the launch guard)."""
+    """Run the serial or the parallel build of a kernel (the latter under the launch guard),
+    read-only arrays handed to it as writable ones (arguments.writable_alias: one compiled
+    kernel for both)."""
+    args = writable_arguments(args)
     if not parallel:
         kernel_pair.serial(*args)
         return

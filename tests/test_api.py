@@ -9,7 +9,7 @@ import fastsoftmax
 from fastsoftmax import plan
 from fastsoftmax.registry import OPERATIONS
 
-from .cases import ELEMENTWISE, FUNCTIONS
+from .cases import ELEMENTWISE, FUNCTIONS, assert_same_bits, calls, logits_for
 from .inputs import random_logits
 
 
@@ -30,6 +30,64 @@ def test_input_is_never_modified(func_name):
     FUNCTIONS[func_name][0](x, axis=0)
     np.testing.assert_array_equal(x, before)
     np.testing.assert_array_equal(where, where_before)
+
+
+def _read_only(value):
+    if isinstance(value, np.ndarray):
+        value = value.copy()
+        value.setflags(write=False)
+    return value
+
+
+def _read_only_signatures():
+    """Every compiled signature of every kernel of the package that has a read-only array."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    from numba.core import types
+
+    import fastsoftmax.kernels
+    from fastsoftmax.kernels.jit import KernelPair
+
+    pairs = set()
+    for info in pkgutil.iter_modules(fastsoftmax.kernels.__path__):
+        module = importlib.import_module(f"fastsoftmax.kernels.{info.name}")
+        pairs |= {v for v in vars(module).values() if isinstance(v, KernelPair)}
+    for op in OPERATIONS.values():
+        for field in dataclasses.fields(op):
+            value = getattr(op, field.name)
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, KernelPair):
+                    pairs.add(v)
+    return [(pair.__name__, sig) for pair in pairs
+            for build in (pair.serial, pair.parallel) for sig in build.signatures
+            if any(isinstance(t, types.Array) and not t.mutable for t in sig)]
+
+
+@pytest.mark.parametrize("name", list(OPERATIONS))
+def test_read_only_inputs_run_the_kernels_of_writable_ones(name):
+    # A read-only array is a type of its own to Numba: JAX arrays, broadcast masks and read-only
+    # memory maps would each compile every kernel again (arguments.writable_alias).
+    op = OPERATIONS[name]
+    rng = np.random.default_rng(23)
+    x = logits_for(op, rng, (6, 300), np.float32)
+    for description, make in calls(op, x, rng):
+        if "in place" in description:
+            continue  # a read-only array is never out=
+        args, kwargs = make()
+        ro_args = [_read_only(a) for a in args]
+        ro_kwargs = {k: v if k in ("out", "grad_out") else _read_only(v)
+                     for k, v in kwargs.items()}
+        for build in op.builds:
+            with plan.force_build(build), np.errstate(all="ignore"):
+                want = op.public()(*args, **dict(kwargs))
+                got = op.public()(*ro_args, **ro_kwargs)
+            assert_same_bits(got, want, f"{name} {description} {build}")
+        for a, ro in zip(args, ro_args):
+            if isinstance(a, np.ndarray):
+                np.testing.assert_array_equal(ro, a)
+    assert _read_only_signatures() == []
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE)

@@ -17,7 +17,7 @@ from numba.extending import overload
 
 from .jit import NUMBA_OPTIONS, building_block, kernel_pair
 from .numerics import (cap_slope, capped, cast_like, ce_grad_store, fill,
-                       log_softmax_grad_store, record, row_dot, row_gap, row_sum,
+                       log_softmax_grad_store, row_dot, row_gap, row_sum,
                        softmax_grad_store, subtract_at, sum_exp, weight_of, weighted_sum)
 from .rows import (backward_row, commit, compute_buffer, grad_target, load_max,
                    logsumexp_of, result_row, result_target, row_ahead, row_at, row_at_or,
@@ -87,19 +87,16 @@ def row_loss(row, target, m, s, inv_t, smoothing, n_cols):
                       n_cols)[0]
 
 
-def keeps_ignored(lses):
-    """Whether ignored rows are read all the same: for their logsumexp (``lses`` not None)."""
-    return lses is not None
-
-
 @kernel_pair
 def cross_entropy_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, inv_t, smoothing,
-                       w, w_total, p, p_stride, cap, losses, lses, n_tasks):
-    """losses[r] = cross-entropy of row r (0 for an ignored row): reads the logits once.
-    Options, None when off (compiled away): class weights ``w`` (``w_total`` their sum, else
-    C), rows of target probabilities ``p`` (then ``targets`` are all 0), ``cap`` = (cap,
-    1 / cap) of a soft cap, ``lses`` where to store each row's logsumexp. ``x`` (and ``p``)
-    is flat rows, or a 3-D (N, C, D) array with classes on axis 1 (rows.row_at)."""
+                       w, w_total, p, p_stride, cap, losses, lses, read_ignored, n_tasks):
+    """losses[r] = cross-entropy of row r (0 for an ignored row), lses[r] its logsumexp: reads
+    the logits once. Options, None when off (compiled away): class weights ``w`` (``w_total``
+    their sum, else C), rows of target probabilities ``p`` (then ``targets`` are all 0),
+    ``cap`` = (cap, 1 / cap) of a soft cap. ``read_ignored``: the logsumexps of ignored rows
+    are wanted too (else those rows are skipped, their lses left as they were; a flag, not a
+    None ``lses``, so that the kernel compiles once for both). ``x`` (and ``p``) is flat rows,
+    or a 3-D (N, C, D) array with classes on axis 1 (rows.row_at)."""
     for task in prange(n_tasks):
         buf = row_buffer(x, n_cols)
         cap_buf = cap_buffer(x, n_cols, cap)
@@ -108,14 +105,14 @@ def cross_entropy_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, inv_t
             target = targets[r]
             ignored = target == ignore_index
             losses[r] = 0.0
-            if ignored and not keeps_ignored(lses):
+            if ignored and not read_ignored:
                 continue
             row, m = load_max(row_at(x, x_stride, r, n_cols), None, buf)
             crow, cm = capped(row, m, cap, cap_buf)
             s = sum_exp(crow, None, cm, cast_like(crow, inv_t),
                         row_ahead(x, x_stride, r, n_rows, n_cols))
             log_s = math.log(s)
-            record(lses, r, logsumexp_of(np.float64(cm) * inv_t, log_s))
+            lses[r] = logsumexp_of(np.float64(cm) * inv_t, log_s)
             if not ignored:
                 losses[r] = class_loss(crow, target, cm, log_s, inv_t, smoothing, w, w_total,
                                        row_at(p, p_stride, r, n_cols), n_cols)[0]
@@ -124,7 +121,7 @@ def cross_entropy_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, inv_t
 @kernel_pair
 def cross_entropy_grad_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, inv_t,
                             smoothing, w, w_total, p, p_stride, cap, scale, z_scale, losses,
-                            lses, grad, grad_stride, n_tasks):
+                            lses, read_ignored, grad, grad_stride, n_tasks):
     """losses as :func:`cross_entropy_rows`, and grad[r] = d(scale * losses[r] + z_scale / 2 *
     lse[r]**2) / d(x[r]): with s = softmax(z), q the target distribution and w the weights,
     inv_t * (scale * (sum(w * q) * s - w * q) + z_scale * lse * s), times the soft cap's
@@ -139,7 +136,7 @@ def cross_entropy_grad_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, 
             target = targets[r]
             ignored = target == ignore_index
             losses[r] = 0.0
-            if ignored and not keeps_ignored(lses):
+            if ignored and not read_ignored:
                 fill(dst, 0)
                 continue
             row, m = load_max(src, None, buf)
@@ -148,7 +145,7 @@ def cross_entropy_grad_rows(x, x_stride, targets, ignore_index, n_rows, n_cols, 
                         row_ahead(x, x_stride, r, n_rows, n_cols))
             log_s = math.log(s)
             lse = logsumexp_of(np.float64(cm) * inv_t, log_s)
-            record(lses, r, lse)
+            lses[r] = lse
             if ignored:
                 fill(dst, 0)
                 continue
@@ -188,11 +185,6 @@ def class_pull(p, value, slope):
 
 
 if not numba.config.DISABLE_JIT:
-
-    @overload(keeps_ignored, jit_options=NUMBA_OPTIONS)
-    def _keeps_ignored_overload(lses):
-        keep = not isinstance(lses, types.NoneType)
-        return lambda lses: keep
 
     @overload(cap_buffer, jit_options=NUMBA_OPTIONS)
     def _cap_buffer_overload(x, n, cap):
