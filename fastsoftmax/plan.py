@@ -69,7 +69,8 @@ def force_build(build: str):
 def choose_build(op, n_rows: int, n_cols: int) -> str:
     """The build of ``op`` for ``n_rows`` rows of ``n_cols``: serial for small batches (and
     where threads may not run: a forked child, one thread), rows split across threads for few
-    long rows when the operation can split them, else row-parallel."""
+    long rows when the operation can split them, serial for one row that is not split (one
+    task: a parallel launch would only add the pool's wake-up), else row-parallel."""
     forced = _forced_build.get()
     if forced is not None:
         if forced not in op.builds:
@@ -79,6 +80,8 @@ def choose_build(op, n_rows: int, n_cols: int) -> str:
         return "serial"
     if "split" in op.builds and n_cols >= SPLIT_MIN_COLS and n_rows < numba.get_num_threads():
         return "split"
+    if n_rows == 1:
+        return "serial"  # one task: the same work on one thread, without waking the pool
     return "parallel"
 
 

@@ -81,9 +81,11 @@ def test_the_plan_picks_each_build_where_this_file_expects():
     long_row = plan.choose_build(softmax, 1, plan.SPLIT_MIN_COLS)
     if plan.parallel_available():
         assert many == "parallel"
-        assert long_row == ("split" if threads > 1 else "parallel")
-        assert plan.choose_build(OPERATIONS["cross_entropy"], 1, plan.SPLIT_MIN_COLS) == \
-            "parallel"  # an operation without a split build
+        assert long_row == ("split" if threads > 1 else "serial")
+        # an operation without a split build: one row is one task, run without the pool
+        cross_entropy = OPERATIONS["cross_entropy"]
+        assert plan.choose_build(cross_entropy, 1, plan.SPLIT_MIN_COLS) == "serial"
+        assert plan.choose_build(cross_entropy, 2, plan.SPLIT_MIN_COLS) == "parallel"
     with plan.force_build("parallel"):
         assert plan.choose_build(softmax, 1, 10) == "parallel"
     with plan.force_build("split"), pytest.raises(ValueError, match="no split build"):
