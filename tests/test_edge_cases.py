@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fastsoftmax
+from fastsoftmax.kernels import numerics
 from .cases import FUNCTIONS
 from .inputs import EDGE_ROWS as TABLE, inf, nan
 
@@ -85,3 +86,21 @@ def test_where_selecting_only_neg_inf_gives_nan():
 def test_subnormal_inputs_are_ordinary_values():
     x = np.array([np.finfo(np.float32).smallest_subnormal, 0.0, -1e-40], np.float32)
     np.testing.assert_allclose(fastsoftmax.softmax(x), [1 / 3] * 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [numerics.MAX_QUARTERS_MIN - 1, numerics.MAX_QUARTERS_MIN,
+                               numerics.MAX_QUARTERS_MIN + 3, 40003])
+def test_the_max_of_every_quarter_counts(dtype, n):
+    # long rows take their maximum as four maxima, one per quarter, and the rest after them
+    # (kernels/numerics.py): a special value anywhere, in any of them, must decide the row
+    rng = np.random.default_rng(n)
+    quarter = n // 4
+    for where in (0, quarter - 1, quarter, 2 * quarter + 1, 3 * quarter, n - 1):
+        for value in (np.nan, np.inf, 1e30, -0.0):
+            row = rng.standard_normal(n).astype(dtype) - 10
+            row[where] = value
+            got = numerics.row_max(row, None)
+            want = np.max(row)
+            assert (np.isnan(got) and np.isnan(want)) or got == want, (where, value, got)
+        assert numerics.row_max(np.full(n, -np.inf, dtype), None) == -np.inf
