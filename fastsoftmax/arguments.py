@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -323,10 +324,32 @@ def check_alpha(alpha, func: str, x_shape, axis):
     return flat, 1
 
 
+# seed=None draws from one Generator of the process, seeded from the OS's entropy when first
+# used: a new Generator per call gathered entropy each time, ~17 us of a ~100 us single-row
+# sample on a 2-core Zen 3 (docs/performance.md, "What a single sampled row costs"). A forked
+# child starts a stream of its own, or workers forked from one parent would draw alike.
+_process_generator: np.random.Generator | None = None
+
+
+def _forget_process_generator() -> None:
+    global _process_generator
+    _process_generator = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_process_generator)
+
+
 def check_seed(seed, func: str) -> np.random.Generator:
-    """The Generator a seed stands for: a Generator itself, or one seeded by an int or None."""
+    """The Generator a seed stands for: a Generator itself, one seeded by an int, or for None
+    the process's own (seeded from the OS once per process)."""
+    global _process_generator
     if isinstance(seed, np.random.Generator):
         return seed
+    if seed is None:
+        if _process_generator is None:
+            _process_generator = np.random.default_rng()
+        return _process_generator
     if seed is not None and (isinstance(seed, (bool, np.bool_))
                              or not isinstance(seed, numbers.Integral)):
         raise TypeError(f"{func}: seed must be None, an int or a numpy.random.Generator, got "
@@ -1906,6 +1929,8 @@ SAMPLING_FAILURES = ((NAN_ROW, "a NaN logit"),
 def _raise_for_bad_rows(func, drawn: np.ndarray, row_shape, failures=SAMPLING_FAILURES) -> None:
     """ValueError naming the rows a kernel marked with the code of one of ``failures`` ((code,
     why) pairs, checked in order; by default the rows it could not sample, NaN first)."""
+    if drawn.size and drawn.min() >= 0:
+        return  # every row drew a token (the codes are negative)
     for code, why in failures:
         bad = np.flatnonzero(drawn == code)
         if bad.size:

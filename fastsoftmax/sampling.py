@@ -77,7 +77,8 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, typic
     seed : None, int, numpy.random.Generator, or array_like of int
         The source of randomness: one uniform number per row. An int, None or a Generator
         draws them in row order from one stream (a Generator advances by the number of
-        rows). One int per row in [0, 2**64) (an array of the row shape): row ``r`` draws
+        rows; None is the process's own Generator, seeded from the OS once per process and
+        again in a forked child). One int per row in [0, 2**64) (an array of the row shape): row ``r`` draws
         ``u = (splitmix64(seed[r]) >> 11) / 2**53``, SplitMix64's output for the counter
         ``seed[r]`` (Java's ``SplittableRandom``), so a request draws the same token whatever
         its neighbours and its place in the batch; give it a new seed at each step (e.g.

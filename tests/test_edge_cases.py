@@ -7,6 +7,7 @@ import pytest
 
 import fastsoftmax
 from fastsoftmax.kernels import numerics
+from fastsoftmax.kernels import sampling as sampling_kernels
 from .cases import FUNCTIONS
 from .inputs import EDGE_ROWS as TABLE, inf, nan
 
@@ -104,3 +105,26 @@ def test_the_max_of_every_quarter_counts(dtype, n):
             want = np.max(row)
             assert (np.isnan(got) and np.isnan(want)) or got == want, (where, value, got)
         assert numerics.row_max(np.full(n, -np.inf, dtype), None) == -np.inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_blocks", [3, 4, 7, 9])
+def test_every_block_maximum_of_the_sampler_counts(dtype, n_blocks):
+    # the sampler's pruning takes the maxima of blocks of PRUNE_BLOCK logits four blocks at a
+    # time, then the rest one by one (kernels/sampling.py): a special value in any block, at
+    # any place in it, must decide that block's maximum and the row's
+    size = sampling_kernels.PRUNE_BLOCK
+    rng = np.random.default_rng(n_blocks)
+    for n in (n_blocks * size, n_blocks * size - 5):
+        blocks = -(-n // size)
+        for where in (0, size - 1, size + 7, n - 1, 3 * size + 1, 5 * size - 1):
+            if where >= n:
+                continue
+            for value in (np.nan, np.inf, 1e30, -np.inf):
+                row = rng.standard_normal(n).astype(dtype) - 10
+                row[where] = value
+                maxima = np.empty(blocks, dtype)
+                got = sampling_kernels.block_maxima(row, None, maxima)
+                want = [np.max(row[b * size:(b + 1) * size]) for b in range(blocks)]
+                np.testing.assert_array_equal(maxima, want, err_msg=f"{n} {where} {value}")
+                assert (np.isnan(got) and np.isnan(np.max(row))) or got == np.max(row)

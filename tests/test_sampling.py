@@ -4,6 +4,8 @@ error path."""
 
 from __future__ import annotations
 
+import os
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -350,6 +352,42 @@ def test_huge_logits_do_not_overflow():
     assert fastsoftmax.sample(x, seed=0).tolist() == [0]  # the others' p underflows to 0
     y = np.array([1e300, 1e300, -1e300])
     assert set(fastsoftmax.sample(np.tile(y, (200, 1)), seed=0).tolist()) == {0, 1}
+
+
+# --- seed=None ---------------------------------------------------------------------------------
+
+def test_no_seed_draws_from_one_stream_of_the_process():
+    # seed=None takes the process's Generator (seeded from the OS once): calls go on drawing
+    # from it, as two fresh Generators would not; 200 single draws over 1000 equal tokens
+    x = np.zeros(1000)
+    draws = [int(fastsoftmax.sample(x)) for _ in range(200)]
+    assert len(set(draws)) > 150
+    batch = fastsoftmax.sample(np.zeros((200, 1000)))
+    assert len(set(batch.tolist())) > 150
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork")
+def test_a_forked_child_draws_a_stream_of_its_own():
+    # a child forked after the process's Generator exists must not repeat the parent's draws
+    # (workers forked from one parent would sample alike)
+    x = np.zeros((16, 1000))  # one serial task: no thread pool in the child
+    fastsoftmax.sample(x)  # the Generator exists before the fork
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # Python >= 3.12 warns of fork in a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: its next draws to the parent, then leave at once
+        try:
+            with plan.force_build("serial"):
+                os.write(write, fastsoftmax.sample(x).tobytes())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = np.frombuffer(pipe.read(), np.int64)
+    os.waitpid(pid, 0)
+    parent = fastsoftmax.sample(x)
+    assert child.shape == parent.shape and not np.array_equal(child, parent)
 
 
 # --- shapes, axes and dtypes --------------------------------------------------------------------

@@ -547,12 +547,42 @@ def prune_blocks(n_cols, top_k, params):
     return 0
 
 
+@reduction
+def _four_block_maxima(blocks, maxima):
+    """maxima[0:4] = the maxima of the four PRUNE_BLOCK-blocks of ``blocks``, taken together:
+    four independent chains of NaN-propagating maxima instead of one chain a block, which
+    waits on each compare-and-select. The same loop as row_max's quarters, on purpose not
+    shared: a building block taking four slices or a runtime stride measured 10-40% slower
+    in both places (LLVM vectorised it less well)."""
+    m0 = cast_like(blocks, -np.inf)
+    m1 = m0
+    m2 = m0
+    m3 = m0
+    for j in range(PRUNE_BLOCK):
+        m0 = maximum(m0, blocks[j])
+        m1 = maximum(m1, blocks[PRUNE_BLOCK + j])
+        m2 = maximum(m2, blocks[2 * PRUNE_BLOCK + j])
+        m3 = maximum(m3, blocks[3 * PRUNE_BLOCK + j])
+    maxima[0] = m0
+    maxima[1] = m1
+    maxima[2] = m2
+    maxima[3] = m3
+
+
 @building_block
 def block_maxima(row, sel, maxima):
     """maxima[b] = the maximum of the selected values of block ``b`` (PRUNE_BLOCK elements);
-    returns the row's maximum, as :func:`~fastsoftmax.kernels.numerics.row_max` does."""
+    returns the row's maximum, as :func:`~fastsoftmax.kernels.numerics.row_max` does. Without
+    a mask, whole blocks are taken four at a time (:func:`_four_block_maxima`)."""
     m = cast_like(row, -np.inf)
-    for b in range(maxima.size):
+    first = 0
+    if sel is None:
+        first = min(maxima.size, row.size // PRUNE_BLOCK) // 4 * 4
+        for b in range(0, first, 4):
+            _four_block_maxima(row[b * PRUNE_BLOCK:(b + 4) * PRUNE_BLOCK], maxima[b:b + 4])
+            m = maximum(m, maximum(maximum(maxima[b], maxima[b + 1]),
+                                   maximum(maxima[b + 2], maxima[b + 3])))
+    for b in range(first, maxima.size):
         start = b * PRUNE_BLOCK
         stop = min(start + PRUNE_BLOCK, row.size)
         v = row_max(row[start:stop], row_of(sel, start, stop - start))
