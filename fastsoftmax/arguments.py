@@ -17,6 +17,7 @@ from :mod:`fastsoftmax.tensors` as :class:`Bfloat16Bits`, as NumPy has no bfloat
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -1630,53 +1631,72 @@ def _top_k_check(func):
     return check
 
 
+@functools.lru_cache(maxsize=None)
+def _parameter_columns(func: str, compute: type) -> tuple:
+    """(column, name, check, accept, transform) of each per-row parameter of sampling
+    (:func:`sampling_parameters`), made once per function and compute dtype: building these
+    checks cost ~5 us of every call."""
+    k = sampling_kernels
+    tiny = 1.0 / float(np.finfo(compute).max)  # below it, 1/temperature overflows
+    fraction = "a number in (0, 1] or None"
+    in_unit = lambda v: (0.0 < v) & (v <= 1.0)  # noqa: E731
+    return (
+        (k.INV_T, "temperature", _temperature_check(func, compute),
+         lambda v: (v == 0.0) | ((v >= tiny) & (v < np.inf)),
+         lambda v: np.divide(1.0, v, out=np.zeros_like(v), where=v != 0.0)),
+        (k.MIN_P, "min_p", _number_check(func, "a number in [0, 1] or None",
+                                         lambda v: 0.0 <= v <= 1.0, none=0.0),
+         lambda v: (0.0 <= v) & (v <= 1.0), None),
+        (k.TOP_P, "top_p", _number_check(func, fraction, in_unit, none=1.0), in_unit, None),
+        (k.TYPICAL_P, "typical_p", _number_check(func, fraction, in_unit, none=1.0), in_unit,
+         None),
+        (k.N_SIGMA, "top_n_sigma", _number_check(
+            func, "a positive number or None (inf: off)", lambda v: v > 0.0, none=np.inf),
+         lambda v: v > 0.0, None),
+        (k.REPETITION, "repetition_penalty", _number_check(
+            func, "a positive finite number (1: off)", lambda v: 0.0 < v < np.inf),
+         lambda v: (0.0 < v) & (v < np.inf), None),
+        (k.PRESENCE, "presence_penalty", _number_check(
+            func, "a finite number (0: off)", math.isfinite), np.isfinite, None),
+        (k.FREQUENCY, "frequency_penalty", _number_check(
+            func, "a finite number (0: off)", math.isfinite), np.isfinite, None),
+    )
+
+
 def sampling_parameters(func, compute, row_shape, *, temperature, top_k, top_p, min_p,
                         typical_p, top_n_sigma, repetition_penalty, presence_penalty,
                         frequency_penalty):
-    """(params, top_k): the per-row parameters in the kernel's columns (kernels/sampling.py),
-    each argument a number or one value per row, validated with its row named. Neutral values
-    switch a filter or penalty off (top_p 1, min_p 0, top_k 0, top_n_sigma inf, ...)."""
+    """(params, top_k, penalised): the per-row parameters in the kernel's columns
+    (kernels/sampling.py), each argument a number or one value per row, validated with its
+    row named, and whether a row has a penalty. Neutral values switch a filter or penalty off
+    (top_p 1, min_p 0, top_k 0, top_n_sigma inf, ...)."""
     k = sampling_kernels
-    tiny = 1.0 / float(np.finfo(compute).max)  # below it, 1/temperature overflows
-    params = np.empty((math.prod(row_shape), k.N_PARAMS))
-    fraction = "a number in (0, 1] or None"
-    in_unit = lambda v: (0.0 < v) & (v <= 1.0)  # noqa: E731
-    columns = (
-        (k.INV_T, "temperature", temperature, _temperature_check(func, compute),
-         lambda v: (v == 0.0) | ((v >= tiny) & (v < np.inf)),
-         lambda v: np.divide(1.0, v, out=np.zeros_like(v), where=v != 0.0)),
-        (k.MIN_P, "min_p", min_p, _number_check(func, "a number in [0, 1] or None",
-                                                lambda v: 0.0 <= v <= 1.0, none=0.0),
-         lambda v: (0.0 <= v) & (v <= 1.0), None),
-        (k.TOP_P, "top_p", top_p, _number_check(func, fraction, in_unit, none=1.0),
-         in_unit, None),
-        (k.TYPICAL_P, "typical_p", typical_p, _number_check(func, fraction, in_unit,
-                                                            none=1.0), in_unit, None),
-        (k.N_SIGMA, "top_n_sigma", top_n_sigma, _number_check(
-            func, "a positive number or None (inf: off)", lambda v: v > 0.0, none=np.inf),
-         lambda v: v > 0.0, None),
-        (k.REPETITION, "repetition_penalty", repetition_penalty, _number_check(
-            func, "a positive finite number (1: off)", lambda v: 0.0 < v < np.inf),
-         lambda v: (0.0 < v) & (v < np.inf), None),
-        (k.PRESENCE, "presence_penalty", presence_penalty, _number_check(
-            func, "a finite number (0: off)", math.isfinite), np.isfinite, None),
-        (k.FREQUENCY, "frequency_penalty", frequency_penalty, _number_check(
-            func, "a finite number (0: off)", math.isfinite), np.isfinite, None),
-    )
-    if all(value is None or _is_real(value) for _, _, value, *_ in columns):
+    columns = _parameter_columns(func, np.dtype(compute).type)
+    values = (temperature, min_p, top_p, typical_p, top_n_sigma, repetition_penalty,
+              presence_penalty, frequency_penalty)
+    n_rows = math.prod(row_shape)
+    params = np.empty((n_rows, k.N_PARAMS))
+    if all(value is None or _is_real(value) for value in values):
         # the usual call, one value each for every row: one row of checked values, copied
         # (per-column arrays cost ~1.5 us each, a third of a small call; docs/performance.md)
         row = [0.0] * k.N_PARAMS
-        for column, name, value, check, _, _ in columns:
+        for (column, name, check, _, _), value in zip(columns, values):
             row[column] = check(value, name)
         params[:] = row
+        penalised = (row[k.REPETITION] != 1.0 or row[k.PRESENCE] != 0.0
+                     or row[k.FREQUENCY] != 0.0)
     else:
-        for column, name, value, check, accept, transform in columns:
+        for (column, name, check, accept, transform), value in zip(columns, values):
             params[:, column] = per_row(value, func, name, row_shape, check, accept,
                                         transform)
-    top_k = per_row(top_k, func, "top_k", row_shape, _top_k_check(func),
-                    lambda v: v >= 0, lambda v: np.minimum(v, 2**52), kinds="iu")
-    return params, top_k.astype(np.int64)
+        penalised = bool((params[:, k.REPETITION] != 1.0).any() or params[:, k.PRESENCE].any()
+                         or params[:, k.FREQUENCY].any())
+    if top_k is None or type(top_k) is int:  # the usual call, checked as one value
+        top_k = np.full(n_rows, _top_k_check(func)(top_k, "top_k"), np.int64)
+    else:
+        top_k = per_row(top_k, func, "top_k", row_shape, _top_k_check(func),
+                        lambda v: v >= 0, lambda v: np.minimum(v, 2**52), kinds="iu")
+    return params, top_k.astype(np.int64, copy=False), penalised
 
 
 # SplitMix64 (Steele, Lea and Flood 2014; Java's SplittableRandom): a counter-based generator,
@@ -1861,7 +1881,7 @@ def prepare_sample(op, logits, *, temperature, top_k, top_p, min_p, typical_p, t
     n_cols = x_moved.shape[-1]
     row_shape = () if axis is None else x_moved.shape[:-1]  # None: one row, a scalar result
     n_rows = math.prod(row_shape)
-    params, top_k = sampling_parameters(
+    params, top_k, penalised = sampling_parameters(
         func, compute, row_shape, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, typical_p=typical_p, top_n_sigma=top_n_sigma,
         repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
@@ -1882,9 +1902,8 @@ def prepare_sample(op, logits, *, temperature, top_k, top_p, min_p, typical_p, t
                                      LOGPROBS_MODES) == "raw" else k.PROCESSED
     if n_cols == 0:
         raise ValueError(f"{func}: logits have an empty vocabulary (axis {axis} has length 0)")
-    penalised = params[:, [k.REPETITION, k.PRESENCE, k.FREQUENCY]] != [1.0, 0.0, 0.0]
     if previous_tokens is None:
-        if penalised.any():
+        if penalised:
             raise ValueError(f"{func}: repetition_penalty, presence_penalty and "
                              "frequency_penalty need previous_tokens (the tokens generated so "
                              "far)")

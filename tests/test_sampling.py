@@ -373,8 +373,8 @@ def test_a_forked_child_draws_a_stream_of_its_own():
     x = np.zeros((16, 1000))  # one serial task: no thread pool in the child
     fastsoftmax.sample(x)  # the Generator exists before the fork
     read, write = os.pipe()
-    with warnings.catch_warnings():  # Python >= 3.12 warns of fork in a threaded process
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with warnings.catch_warnings():  # Python >= 3.12 and JAX (when loaded) warn of fork in
+        warnings.simplefilter("ignore")  # a threaded process: the child runs no thread
         pid = os.fork()
     if pid == 0:  # the child: its next draws to the parent, then leave at once
         try:
