@@ -579,19 +579,20 @@ class RowBatch:
 class ColumnBatch:
     """A call of the softmax family along a strided axis of a C-ordered array: ``x`` flat, as
     (n_outer, n_red, n_inner), each of its n_outer * n_inner columns a row of n_red elements;
-    ``out`` flat, of the same layout (or (n_outer, n_inner) for a reduction; ``x`` itself: in
-    place). The plan runs ``kernel`` (the operation's ``columns`` of the registry) over tiles
-    of columns."""
+    ``out`` flat, of the same layout (or (n_outer, n_inner) for a reduction; ``x`` itself, or
+    None for a kernel reading its columns in place: in place). The plan runs ``kernel`` (the operation's ``columns`` of the registry, or its
+    ``columns_read_in_place`` for float32/float64: ``read_in_place``) over tiles of columns."""
 
     kernel: KernelPair
     x: np.ndarray
     n_outer: int
     n_red: int
     n_inner: int
-    out: np.ndarray
+    out: np.ndarray | None
     inv_t: object
     result: object
     written: np.ndarray | None = None
+    read_in_place: bool = False
 
     @property
     def n_rows(self) -> int:
@@ -713,9 +714,13 @@ def _column_batch(op, xo, compute, kernel_dtype, result_dtype, axis, inv_t, out,
     row_shape = shape[:axis] + shape[axis + 1:] if reduce else shape
     result_shape = shape[:axis] + (1,) + shape[axis + 1:] if reduce and keepdims else row_shape
 
+    read_in_place = op.columns_read_in_place is not None and x_store.dtype.kind == "f"
+    kernel = op.columns_read_in_place if read_in_place else op.columns
+
     def batch(out_flat, result, written=None):
-        return ColumnBatch(op.columns, x_store.reshape(-1), n_outer, n_red, n_inner, out_flat,
-                           None if inv_t == 1.0 else compute.type(inv_t), result, written)
+        return ColumnBatch(kernel, x_store.reshape(-1), n_outer, n_red, n_inner, out_flat,
+                           None if inv_t == 1.0 else compute.type(inv_t), result, written,
+                           read_in_place)
 
     if out is not None:
         out = check_out(out, result_shape, result_dtype, op.name,
@@ -725,7 +730,9 @@ def _column_batch(op, xo, compute, kernel_dtype, result_dtype, axis, inv_t, out,
             if not np.may_share_memory(flat, x_store):
                 return batch(flat, out)
             if not reduce and x_store.flags.writeable and flat.ctypes.data == x_store.ctypes.data:
-                return batch(flat, out)  # in place: each tile is read whole before it is written
+                # in place: each tile is read whole before it is written (a kernel reading
+                # its columns in place takes None: one array, no overlap check in its loops)
+                return batch(None if read_in_place else flat, out)
     buffer = np.empty(row_shape, kernel_dtype)
     shaped = buffer.reshape(result_shape)
     if shaped.dtype != result_dtype and shaped.dtype.itemsize == result_dtype.itemsize:

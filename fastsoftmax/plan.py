@@ -40,6 +40,13 @@ TASKS_PER_THREAD = 4
 # (Measured on 32000x2048 float32, axis=0: 16 columns 3.8x the time of the same rows along
 # the last axis, 8 columns 4.9x, 32 columns 4.5x, 64 columns 5.9x; docs/performance.md.)
 COLUMN_TILE_BYTES = 64
+# The kernels that read a tile's columns where they are (registry ``columns_read_in_place``)
+# take at most this many bytes of each line of the array at a time, and narrower tiles only to
+# give each thread one: wide, because each line of a tile costs a new page and a new stream
+# for the prefetchers (on 32000x2048 float32, one thread: 256 columns 5.5x the time of the
+# rows along the last axis, 1024 columns 3.6x, 2048 2.8x), narrow enough that a chunk of
+# lines (kernels/softmax.py, COLUMN_CHUNK) stays in L2 for its second read.
+COLUMN_READ_BYTES = 16384
 
 # linear_cross_entropy computes the logits (rows x classes) a chunk of rows at a time: a
 # chunk holds at most LINEAR_CHUNK_BYTES of logits (64 MiB: 512 rows of 32000 classes, 128 of
@@ -151,10 +158,17 @@ def run_contiguous(op, x_flat, out_flat, n_rows: int, n_cols: int) -> None:
 def run_columns(batch: ColumnBatch, parallel: bool) -> None:
     """Run a batch of rows along a strided axis in tiles of columns (a split build runs it
     parallel: its rows are columns, already as many as the threads)."""
-    width = max(1, COLUMN_TILE_BYTES // batch.x.itemsize)
     tasks = task_count(parallel, batch.n_rows)
-    while width > 1 and batch.n_outer * math.ceil(batch.n_inner / width) < tasks:
-        width //= 2
+    if batch.read_in_place:  # tiles as wide as they may be, at least one per thread
+        threads = numba.get_num_threads() if parallel else 1
+        width = min(batch.n_inner, max(1, COLUMN_READ_BYTES // batch.x.itemsize))
+        if batch.n_outer * math.ceil(batch.n_inner / width) < threads:
+            width = max(1, math.ceil(batch.n_inner * batch.n_outer / threads))
+            width = min(width, batch.n_inner)
+    else:
+        width = max(1, COLUMN_TILE_BYTES // batch.x.itemsize)
+        while width > 1 and batch.n_outer * math.ceil(batch.n_inner / width) < tasks:
+            width //= 2
     n_tiles = batch.n_outer * math.ceil(batch.n_inner / width)
     launch(batch.kernel, parallel, batch.x, batch.n_red, batch.n_inner, batch.out, batch.inv_t,
            width, n_tiles, min(tasks, n_tiles))

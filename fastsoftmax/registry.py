@@ -71,6 +71,11 @@ class Operation:
         Its kernel over rows along a strided axis (``axis=0`` of a C-ordered array), tiles of
         columns through its row kernel (kernels/softmax.py); None: such rows are copied into
         place first.
+    columns_read_in_place
+        Its kernel over float32/float64 rows along a strided axis that reads the columns where
+        they are, vectorised across them, instead of transposing tiles (same results within
+        the reference's bounds, not the same bits as the rows moved last); None: ``columns``
+        for every dtype.
     bench_call
         ``(x, case keyword arguments) -> (args, kwargs)``: the call its benchmark cases time,
         when not the first example call with the case's arguments (linear_cross_entropy: a
@@ -91,6 +96,7 @@ class Operation:
     bench_reference: bool = True
     dask_whole_rows: bool = False
     columns: KernelPair | None = None
+    columns_read_in_place: KernelPair | None = None
     bench_call: Callable | None = None
 
     @property
@@ -261,9 +267,10 @@ OPERATIONS = {op.name: op for op in (
         "softmax", reference.softmax, (softmax.softmax_rows,), (_rows,),
         split_finish=softmax.softmax_finish, split_keeps_exps=True,
         # softmax_axis0: along the first axis of a C-ordered batch (rows of columns, read in
-        # place by the column tiles), timed on the transposed shape of softmax's
+        # place), timed on the transposed shape of softmax's
         bench={"softmax": {}, "softmax_axis0": {"axis": 0}},
-        peers=("scipy", "torch", "jax"), columns=softmax.softmax_columns),
+        peers=("scipy", "torch", "jax"), columns=softmax.softmax_columns,
+        columns_read_in_place=softmax.softmax_columns_direct),
     Operation(
         "log_softmax", reference.log_softmax, (softmax.log_softmax_rows,), (_rows,),
         split_finish=softmax.log_softmax_finish, split_log_sum=True, bench={"log_softmax": {}},

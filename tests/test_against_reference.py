@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fastsoftmax.registry import OPERATIONS
+
 from .cases import FUNCTIONS, check_against_reference as assert_matches_reference
 from .inputs import layouts, random_logits
 
@@ -24,11 +26,18 @@ def test_every_axis_and_none(func_name, shape, dtype):
 
 @pytest.mark.parametrize("axis", [0, -1, None])
 def test_layouts(func_name, axis):
+    # every layout against the reference; and the bits of the contiguous array's result, but
+    # where one of the two reads its rows along a strided axis with a kernel of its own
+    # (registry columns_read_in_place: softmax of float rows along a C-ordered axis 0), which
+    # sums in another order than the row kernels
     rng = np.random.default_rng(1)
+    own_columns = axis == 0 and OPERATIONS[func_name].columns_read_in_place is not None
     for dtype in (np.float32, np.float64):
         x = random_logits(rng, (6, 11), dtype)
         for description, view in layouts(x):
             got = assert_matches_reference(func_name, view, axis=axis)
+            if own_columns:
+                continue
             np.testing.assert_array_equal(
                 np.asarray(got), np.asarray(FUNCTIONS[func_name][0](x, axis=axis)),
                 err_msg=f"{func_name} {description} differs from the contiguous result")

@@ -128,3 +128,30 @@ def test_every_block_maximum_of_the_sampler_counts(dtype, n_blocks):
                 want = [np.max(row[b * size:(b + 1) * size]) for b in range(blocks)]
                 np.testing.assert_array_equal(maxima, want, err_msg=f"{n} {where} {value}")
                 assert (np.isnan(got) and np.isnan(np.max(row))) or got == np.max(row)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_along_axis_0_of_columns_with_special_values_anywhere(dtype):
+    # softmax along axis 0 of a C-ordered float array reads its columns in place, a running
+    # maximum and sum per column taken a chunk of lines at a time (kernels/softmax.py): the
+    # special values must act wherever they fall, before the first finite value of a column too
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 5, (300, 12)).astype(dtype)
+    x[:, 0] = -np.inf                    # all -inf: NaN
+    x[150, 1] = np.inf                   # +inf in the middle: NaN
+    x[299, 2] = np.nan                   # NaN at the end: NaN
+    x[:100, 3] = -np.inf                 # -inf for the first chunks, then finite
+    x[299, 4] = 80                       # the maximum in the last line
+    x[:, 5] = 0                          # all equal
+    x[1:, 6] = -np.inf                   # one finite value, first
+    x[:-1, 7] = -np.inf                  # one finite value, last
+    x[::2, 8] = 1e30                     # huge ties
+    x[5, 9] = -1e30                      # a huge negative
+    for temperature in (1.0, 0.7):
+        with np.errstate(all="ignore"):
+            got = fastsoftmax.softmax(x, axis=0, temperature=temperature)
+            want = fastsoftmax.reference.softmax(x, axis=0, temperature=temperature)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        tol = 2e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got[ok], want[ok], rtol=tol, atol=2 * np.finfo(dtype).tiny)

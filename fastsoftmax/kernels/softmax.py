@@ -22,9 +22,9 @@ import numpy as np
 from numba import prange
 
 from .jit import KernelPair, building_block, kernel_pair, specialised
-from .numerics import (BLOCK, cast_like, exp_store_sum, max_dominates, next_row, rest_of_blocks,
-                       row_of, row_or, sum_exp, sum_exp_below, sum_exp_parts,
-                       weighted_log_sum_exp)
+from .numerics import (BLOCK, cast_like, exp_shifted, exp_store_sum, max_dominates, maximum,
+                       next_row, prefetch_lines, rest_of_blocks, row_of, row_or, sum_exp,
+                       sum_exp_below, sum_exp_parts, weighted_log_sum_exp)
 from .rows import (dominated_log_sum, exps_kept, load, load_max, logsumexp_of, result_target,
                    row_buffer, store_scaled, store_shifted, store_value, task_rows)
 
@@ -333,3 +333,89 @@ def columns_kernel(name, row_kernel, reduces=False):
 softmax_columns = columns_kernel("softmax_columns", softmax_rows)
 log_softmax_columns = columns_kernel("log_softmax_columns", log_softmax_rows)
 logsumexp_columns = columns_kernel("logsumexp_columns", logsumexp_rows, reduces=True)
+
+
+# --- softmax along a strided axis, read where it is ----------------------------------------------
+# The tiles above transpose: every element of a tile is moved twice with a stride of a whole
+# line of the array (8 KB on a 32000x2048 float32 array: a page, and the same cache sets, for
+# each), which made softmax along axis 0 of that array 5-8x the time of axis -1. Here a tile is
+# ``width`` adjacent columns, read a line (``width`` contiguous values) at a time, the
+# arithmetic vectorised across the columns: per column a running maximum and a float64 sum of
+# exponentials, taken COLUMN_CHUNK lines at a time (the chunk's maxima first, the sum rescaled
+# once when a maximum grows, then the chunk's exponentials, its lines still in L1), then a
+# second read writes exp((v - max) * inv_t) / sum. Two reads and one write of the array, two
+# exponentials per element. The sums are in another order than a row's (16 lines at a time,
+# then in float64, not blocks of 512), so the bits are not those of the rows moved last; the
+# results are within the same bounds of the reference (tests/test_builds.py). float32 and
+# float64 only: half-precision bits keep the tiles above.
+COLUMN_CHUNK = 16
+
+
+@building_block
+def column_sums(x, first, n_red, n_inner, w, inv_t, m, s, shift, chunk_sum):
+    """m[c], s[c] = the maximum of column c of the tile at ``first`` (``w`` columns) and the
+    float64 sum of exp((v - m[c]) * inv_t) over it; NaN propagates, an all -inf column sums
+    to 0. ``shift`` and ``chunk_sum``: scratch of ``w`` values."""
+    neg_inf = cast_like(x, -np.inf)
+    zero = cast_like(x, 0.0)
+    for c in range(w):
+        m[c] = neg_inf
+        s[c] = 0.0
+    for k0 in range(0, n_red, COLUMN_CHUNK):
+        k1 = min(k0 + COLUMN_CHUNK, n_red)
+        for k in range(k1, min(k1 + COLUMN_CHUNK, n_red)):  # the next chunk, meanwhile
+            prefetch_lines(x[first + k * n_inner:first + k * n_inner + w])
+        for c in range(w):
+            shift[c] = m[c]
+        for k in range(k0, k1):
+            line = x[first + k * n_inner:first + k * n_inner + w]
+            for c in range(w):
+                shift[c] = maximum(shift[c], line[c])
+        for c in range(w):
+            grown = shift[c]
+            if grown != m[c]:  # a larger maximum (or NaN): rescale what was summed, in float64
+                s[c] *= exp_shifted(np.float64(m[c]), np.float64(grown), inv_t)
+                m[c] = grown
+            # the exponentials of an all -inf chunk, -inf - -inf, would be NaN: 0 instead
+            shift[c] = zero if grown == neg_inf else grown
+            chunk_sum[c] = zero
+        for k in range(k0, k1):  # in L1 still; summed in the compute dtype, 16 at a time
+            line = x[first + k * n_inner:first + k * n_inner + w]
+            for c in range(w):
+                chunk_sum[c] += exp_shifted(line[c], shift[c], inv_t)
+        for c in range(w):
+            s[c] += np.float64(chunk_sum[c])
+
+
+@building_block
+def column_scale(x, first, n_red, n_inner, w, inv_t, m, scale, out):
+    """out[v] = exp((v - m[c]) * inv_t) * scale[c] over the tile at ``first`` (``out`` None:
+    into ``x``)."""
+    for k in range(n_red):
+        if k + COLUMN_CHUNK < n_red:  # a chunk ahead
+            ahead = first + (k + COLUMN_CHUNK) * n_inner
+            prefetch_lines(x[ahead:ahead + w])
+        line = x[first + k * n_inner:first + k * n_inner + w]
+        target = row_or(out, first + k * n_inner, w, line)  # None: in place, one array
+        for c in range(w):
+            target[c] = exp_shifted(line[c], m[c], inv_t) * scale[c]
+
+
+@kernel_pair
+def softmax_columns_direct(x, n_red, n_inner, out, inv_t, width, n_tiles, n_tasks):
+    """softmax along the strided axis of ``x`` (n_outer, n_red, n_inner), flat, into ``out``
+    of the same layout (None: in place), tiles of ``width`` columns read where they are."""
+    for task in prange(n_tasks):
+        first_tile, end_tile = task_rows(task, n_tasks, n_tiles)
+        m = np.empty(width, x.dtype)
+        shift = np.empty(width, x.dtype)
+        chunk_sum = np.empty(width, x.dtype)
+        scale = np.empty(width, x.dtype)
+        s = np.empty(width)
+        for t in range(first_tile, end_tile):
+            o, c0, w = column_tile(t, n_inner, width)
+            first = o * n_red * n_inner + c0
+            column_sums(x, first, n_red, n_inner, w, inv_t, m, s, shift, chunk_sum)
+            for c in range(w):
+                scale[c] = cast_like(x, 1.0 / s[c])
+            column_scale(x, first, n_red, n_inner, w, inv_t, m, scale, out)
