@@ -351,8 +351,7 @@ def check_seed(seed, func: str) -> np.random.Generator:
         if _process_generator is None:
             _process_generator = np.random.default_rng()
         return _process_generator
-    if seed is not None and (isinstance(seed, (bool, np.bool_))
-                             or not isinstance(seed, numbers.Integral)):
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{func}: seed must be None, an int or a numpy.random.Generator, got "
                         f"{type(seed).__name__}")
     try:
@@ -579,9 +578,10 @@ class RowBatch:
 class ColumnBatch:
     """A call of the softmax family along a strided axis of a C-ordered array: ``x`` flat, as
     (n_outer, n_red, n_inner), each of its n_outer * n_inner columns a row of n_red elements;
-    ``out`` flat, of the same layout (or (n_outer, n_inner) for a reduction; ``x`` itself, or
-    None for a kernel reading its columns in place: in place). The plan runs ``kernel`` (the operation's ``columns`` of the registry, or its
-    ``columns_read_in_place`` for float32/float64: ``read_in_place``) over tiles of columns."""
+    ``out`` flat, of the same layout (or (n_outer, n_inner) for a reduction; in place: ``x``
+    itself, or None for a kernel that reads its columns where they are). The plan runs
+    ``kernel`` (the operation's ``columns`` of the registry, or its ``columns_read_in_place``
+    for float32/float64: ``read_in_place``) over tiles of columns."""
 
     kernel: KernelPair
     x: np.ndarray

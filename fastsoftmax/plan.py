@@ -161,10 +161,9 @@ def run_columns(batch: ColumnBatch, parallel: bool) -> None:
     tasks = task_count(parallel, batch.n_rows)
     if batch.read_in_place:  # tiles as wide as they may be, at least one per thread
         threads = numba.get_num_threads() if parallel else 1
-        width = min(batch.n_inner, max(1, COLUMN_READ_BYTES // batch.x.itemsize))
-        if batch.n_outer * math.ceil(batch.n_inner / width) < threads:
-            width = max(1, math.ceil(batch.n_inner * batch.n_outer / threads))
-            width = min(width, batch.n_inner)
+        per_outer = math.ceil(threads / batch.n_outer)  # tiles each outer index needs
+        width = max(1, min(COLUMN_READ_BYTES // batch.x.itemsize,
+                           math.ceil(batch.n_inner / per_outer)))
     else:
         width = max(1, COLUMN_TILE_BYTES // batch.x.itemsize)
         while width > 1 and batch.n_outer * math.ceil(batch.n_inner / width) < tasks:

@@ -17,13 +17,14 @@ def func_name(request):
 
 # Most of the suite's time is Numba compiling kernels: one compilation per operation, dtype,
 # build and combination of options a test exercises (docs/design.md, "Verification"). CI must
-# finish in 15 minutes on a 2-core machine, so `make test` runs every operation in every dtype,
-# build and option, but not every product of them; the rest is marked `slow` and runs in `make
-# test-slow`:
+# finish in 15 minutes on a 2-core machine, so `make test` runs every operation in every build
+# and option, in float32 and bfloat16 at least, but not every product of them; the rest is
+# marked `slow` and runs in `make test-slow`:
 # - the build and JAX matrices (tests/test_builds.py, tests/test_interop.py) run the softmax
 #   family in float32, float64 and bfloat16 and the other operations in float32 and bfloat16.
 #   float16 shares the half-precision path of bfloat16 but for its conversions, which
-#   tests/test_half.py checks for every bit pattern and every operation;
+#   tests/test_half.py checks for every bit pattern (the sparse family's float16 runs in the
+#   slow part only);
 # - the option matrices of the cross-entropy, the sampler's statistical tests and dask's
 #   chunkings run in the dtypes of CI_DTYPES_BY_TEST (each dtype's own compilations of those
 #   options, and dask's graphs over again, are what the slow part adds).
