@@ -225,6 +225,40 @@ def test_top_p_on_the_logits_keeps_what_the_reference_keeps(kwargs, n_cols, grid
     assert_same_draws_as_the_reference(x, kwargs, 64)
 
 
+def top_p_bound_outcome(row, temperature, top_p):
+    """Which of kernels/sampling.py's top-p bounds (TOP_P_DEPTHS) keeps the nucleus of a
+    float64 row, computed here in NumPy: the depth, or "give up" / "too many" when the row
+    takes the scratch row's way."""
+    n = row.size
+    n_blocks = -(-n // sampling_kernels.PRUNE_BLOCK)
+    room = min(max(sampling_kernels.PRUNE_CANDIDATES, n // 2), (n - 2 * n_blocks) // 2)
+    m = row.max()
+    p = np.exp((row - m) / temperature)
+    depth = np.log(0.5 * (1.0 - top_p) * p.sum() / n) * temperature
+    for step in sampling_kernels.TOP_P_DEPTHS:
+        kept = row >= m + step * depth
+        if kept.sum() > room:
+            return "too many"
+        if p[kept].sum() >= top_p * p.sum():
+            return step
+        if sampling_kernels.TOP_P_GIVE_UP * kept.sum() > room:
+            return "give up"
+    return "none"
+
+
+@pytest.mark.large
+def test_top_p_at_every_depth_of_its_bound_keeps_what_the_reference_keeps():
+    # rows whose nucleus the first, the second bound keeps, and rows that give up or gather
+    # too many: each draw as the reference's (the outcomes computed alongside, so that the
+    # rows keep covering every way when the depths change)
+    x = random_logits(np.random.default_rng(21), (4, 40000), np.float64, scale=3.0)
+    outcomes = set()
+    for temperature, top_p in [(0.8, 0.9), (0.8, 0.95), (0.6, 0.99), (1.0, 0.9), (3.0, 0.9)]:
+        outcomes |= {top_p_bound_outcome(row, temperature, top_p) for row in x}
+        assert_same_draws_as_the_reference(x, dict(temperature=temperature, top_p=top_p), 64)
+    assert outcomes >= set(sampling_kernels.TOP_P_DEPTHS[:2]) | {"give up", "too many"}
+
+
 @pytest.mark.large
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_top_k_on_the_logits_in_the_compute_dtype(dtype):
