@@ -171,8 +171,8 @@ def _forward(op, x, axis, where, out, dtype, temperature, keepdims=False):
             and temperature == 1 and not keepdims):
         rows = arguments.contiguous_rows(x, axis, out, op.reduces)
         if rows is not None:
-            x_flat, out_flat, n_rows, n_cols, result = rows
-            plan.run_contiguous(op, x_flat, out_flat, n_rows, n_cols)
+            x_rows, out_rows, n_rows, n_cols, result = rows
+            plan.run_contiguous(op, x_rows, out_rows, n_rows, n_cols)
             return result[()] if out is None and not result.ndim else result
     result = _general(op, x, axis, where, out, dtype, temperature, keepdims)
     if out is None and isinstance(result, np.ndarray) and not result.ndim:

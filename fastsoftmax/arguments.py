@@ -808,7 +808,8 @@ def contiguous_rows(x, axis, out, reduce: bool):
     ndarray along its last axis, with ``out`` absent, ``x`` itself, or a separate C-contiguous
     array (and no ``where``, ``dtype``, temperature or ``keepdims``, which the caller checks).
 
-    Returns ``(x_flat, out_flat, n_rows, n_cols, result)``, ``out_flat`` None for in place.
+    Returns ``(x, out, n_rows, n_cols, result)``: ``x`` (a writable alias when read-only),
+    ``out`` where the kernel writes (None for in place), ``result`` what the call returns.
     It skips :func:`prepare_rows`, whose generality costs several microseconds: as much as a
     softmax of a few thousand elements. Anything unusual returns None and takes
     :func:`prepare_rows`, which validates it.
@@ -825,28 +826,25 @@ def contiguous_rows(x, axis, out, reduce: bool):
     flags = x.flags
     if not flags.c_contiguous:
         return None
-    n_cols = x.shape[-1]
-    if n_cols == 0 or x.size == 0:
+    shape = x.shape
+    n_cols = shape[-1]
+    size = x.size
+    if n_cols == 0 or size == 0:
         return None
-    shape = x.shape[:-1] if reduce else x.shape
-    x_flat = x.ravel()  # a view: x is C-contiguous
-    if not flags.writeable:
-        x_flat = writable_alias(x_flat)
+    if reduce:
+        shape = shape[:-1]
     if out is None:
         result = np.empty(shape, x_dtype)
-        out_flat = result.ravel()
-    elif (type(out) is np.ndarray and out.shape == shape and out.dtype is x_dtype
+        return (x if flags.writeable else writable_alias(x)), result, size // n_cols, n_cols, \
+            result
+    if not (type(out) is np.ndarray and out.shape == shape and out.dtype is x_dtype
             and out.flags.c_contiguous and out.flags.writeable):
-        result = out
-        if out is x and not reduce and flags.writeable:
-            out_flat = None  # in place
-        elif (out.base is not None or x.base is not None) and np.may_share_memory(out, x):
-            return None  # two arrays that own their memory cannot overlap; views may
-        else:
-            out_flat = out.ravel()
-    else:
         return None
-    return x_flat, out_flat, x.size // n_cols, n_cols, result
+    if out is x and not reduce and flags.writeable:
+        return x, None, size // n_cols, n_cols, out  # in place
+    if (out.base is not None or x.base is not None) and np.may_share_memory(out, x):
+        return None  # two arrays that own their memory cannot overlap; views may
+    return (x if flags.writeable else writable_alias(x)), out, size // n_cols, n_cols, out
 
 
 # --- the sparse family -------------------------------------------------------------------------

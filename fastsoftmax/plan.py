@@ -138,16 +138,19 @@ def run(op, batch):
     return batch.finish()
 
 
-def run_contiguous(op, x_flat, out_flat, n_rows: int, n_cols: int) -> None:
+def run_contiguous(op, x, out, n_rows: int, n_cols: int) -> None:
     """Compute ``op`` of the softmax family on C-contiguous rows without ``where`` and at
-    temperature 1 (``arguments.contiguous_rows``): :func:`run` without building a batch, and
-    the serial build called straight away (a few hundred nanoseconds count for one row)."""
+    temperature 1 (``arguments.contiguous_rows``: ``out`` None for in place): :func:`run`
+    without building a batch; the serial build through the operation's two-argument entry
+    (registry ``contiguous_call``: a few hundred nanoseconds count for one short row)."""
     build = choose_build(op, n_rows, n_cols)
-    out_stride = 1 if op.reduces else n_cols
     if build == "serial":
-        op.kernels[0].serial(x_flat, n_cols, None, 0, out_flat, out_stride, n_rows, n_cols,
-                             None, 1)
-    elif build == "parallel":
+        op.contiguous_call(x, out)
+        return
+    x_flat = x.reshape(-1)
+    out_flat = None if out is None else out.reshape(-1)
+    out_stride = 1 if op.reduces else n_cols
+    if build == "parallel":
         launch(op.kernels[0], True, x_flat, n_cols, None, 0, out_flat, out_stride, n_rows,
                n_cols, None, task_count(True, n_rows))
     else:

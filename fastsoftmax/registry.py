@@ -76,6 +76,10 @@ class Operation:
         they are, vectorised across them, instead of transposing tiles (same results within
         the reference's bounds, not the same bits as the rows moved last); None: ``columns``
         for every dtype.
+    contiguous_call
+        Its first row kernel's serial build for the most frequent call, ``(x, out)`` of
+        C-contiguous arrays (kernels/softmax.py, ``contiguous_call``); None: the operation
+        has no such call (the softmax family has).
     bench_call
         ``(x, case keyword arguments) -> (args, kwargs)``: the call its benchmark cases time,
         when not the first example call with the case's arguments (linear_cross_entropy: a
@@ -97,6 +101,7 @@ class Operation:
     dask_whole_rows: bool = False
     columns: KernelPair | None = None
     columns_read_in_place: KernelPair | None = None
+    contiguous_call: Callable | None = None
     bench_call: Callable | None = None
 
     @property
@@ -270,17 +275,20 @@ OPERATIONS = {op.name: op for op in (
         # place), timed on the transposed shape of softmax's
         bench={"softmax": {}, "softmax_axis0": {"axis": 0}},
         peers=("scipy", "torch", "jax"), columns=softmax.softmax_columns,
-        columns_read_in_place=softmax.softmax_columns_direct),
+        columns_read_in_place=softmax.softmax_columns_direct,
+        contiguous_call=softmax.softmax_call),
     Operation(
         "log_softmax", reference.log_softmax, (softmax.log_softmax_rows,), (_rows,),
         split_finish=softmax.log_softmax_finish, split_log_sum=True, bench={"log_softmax": {}},
-        peers=("scipy", "torch", "jax"), columns=softmax.log_softmax_columns),
+        peers=("scipy", "torch", "jax"), columns=softmax.log_softmax_columns,
+        contiguous_call=softmax.log_softmax_call),
     Operation(
         "logsumexp", reference.logsumexp,
         (softmax.logsumexp_rows, softmax.weighted_logsumexp_rows),
         (_rows, lambda x: ((x,), {"b": _weights(x), "return_sign": True})), reduces=True,
         split_finish=softmax.logsumexp_finish, split_log_sum=True, bench={"logsumexp": {}},
-        peers=("scipy", "torch", "jax"), columns=softmax.logsumexp_columns),
+        peers=("scipy", "torch", "jax"), columns=softmax.logsumexp_columns,
+        contiguous_call=softmax.logsumexp_call),
     # the backward passes: any values stand for the saved output as far as the kernels care
     Operation(
         "softmax_backward", reference.softmax_backward, (grad.softmax_backward_rows,),

@@ -255,6 +255,13 @@ def scaled(z, inv_t):
     return z * inv_t
 
 
+def flat_view(a):
+    """A C-contiguous array ``a`` as a 1-D view, or None when ``a`` is None (in place)."""
+    if a is None:
+        return None
+    return a.reshape(a.size)
+
+
 def row_of(flat, start, n):
     """``flat[start:start + n]``, or None when ``flat`` is None (no ``where`` mask)."""
     if flat is None:
@@ -305,6 +312,12 @@ if not numba.config.DISABLE_JIT:
         if isinstance(flat, types.NoneType):
             return lambda flat, start, n, default: default
         return lambda flat, start, n, default: flat[start:start + n]
+
+    @overload(flat_view, jit_options=NUMBA_OPTIONS)
+    def _flat_view_overload(a):
+        if isinstance(a, types.NoneType):
+            return lambda a: None
+        return lambda a: a.reshape(a.size)
 
     @overload(row_of, jit_options=NUMBA_OPTIONS)
     def _row_of_overload(flat, start, n):

@@ -22,9 +22,9 @@ import numpy as np
 from numba import prange
 
 from .jit import KernelPair, building_block, kernel_pair, specialised
-from .numerics import (BLOCK, cast_like, exp_shifted, exp_store_sum, max_dominates, maximum,
-                       next_row, prefetch_lines, rest_of_blocks, row_of, row_or, sum_exp,
-                       sum_exp_below, sum_exp_parts, weighted_log_sum_exp)
+from .numerics import (BLOCK, cast_like, exp_shifted, exp_store_sum, flat_view, max_dominates,
+                       maximum, next_row, prefetch_lines, rest_of_blocks, row_of, row_or,
+                       sum_exp, sum_exp_below, sum_exp_parts, weighted_log_sum_exp)
 from .rows import (dominated_log_sum, exps_kept, load, load_max, logsumexp_of, result_target,
                    row_buffer, store_scaled, store_shifted, store_value, task_rows)
 
@@ -116,6 +116,33 @@ def weighted_logsumexp_rows(x, x_stride, b, b_stride, mask, mask_stride, out, ou
                 value = np.nan
             store_value(out, r * out_stride, value)
             sign[r] = row_sign
+
+
+# --- the common call ---------------------------------------------------------------------------
+
+def _contiguous_call(x, out):
+    """The serial build of ROW_KERNEL over every row of a C-contiguous ``x`` (rows along its
+    last axis, at least one element) into ``out``: C-contiguous, of ``x``'s shape (or without
+    its last axis when REDUCES), or None for in place. The most frequent call, with two
+    arguments through Numba's dispatcher instead of ten and the arrays flattened here, not in
+    Python: a few tenths of a microsecond, which count on a short row (docs/performance.md,
+    "The call of one short row")."""
+    n_cols = x.shape[-1]
+    n_rows = x.size // n_cols
+    ROW_KERNEL(x.reshape(x.size), n_cols, None, 0, flat_view(out), 1 if REDUCES else n_cols,
+               n_rows, n_cols, None, 1)
+
+
+def contiguous_call(rows: KernelPair, reduces: bool = False):
+    """:func:`_contiguous_call` of the row kernel ``rows`` (its serial build); ``reduces``:
+    one result per row."""
+    return building_block(specialised(_contiguous_call, rows.__name__ + "_contiguous_call",
+                                      ROW_KERNEL=rows.serial, REDUCES=reduces))
+
+
+softmax_call = contiguous_call(softmax_rows)
+log_softmax_call = contiguous_call(log_softmax_rows)
+logsumexp_call = contiguous_call(logsumexp_rows, reduces=True)
 
 
 # --- rows cut into pieces ----------------------------------------------------------------------
