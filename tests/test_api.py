@@ -60,8 +60,11 @@ def _read_only_signatures():
             for v in value if isinstance(value, tuple) else (value,):
                 if isinstance(v, KernelPair):
                     pairs.add(v)
-    return [(pair.__name__, sig) for pair in pairs
-            for build in (pair.serial, pair.parallel) for sig in build.signatures
+    builds = [(pair.__name__, build) for pair in pairs for build in (pair.serial, pair.parallel)]
+    # the common call's entries (registry contiguous_call) are plain dispatchers
+    builds += [(op.name, op.contiguous_call) for op in OPERATIONS.values()
+               if hasattr(op.contiguous_call, "signatures")]
+    return [(name, sig) for name, build in builds for sig in build.signatures
             if any(isinstance(t, types.Array) and not t.mutable for t in sig)]
 
 

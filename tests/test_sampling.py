@@ -248,15 +248,21 @@ def top_p_bound_outcome(row, temperature, top_p):
 
 @pytest.mark.large
 def test_top_p_at_every_depth_of_its_bound_keeps_what_the_reference_keeps():
-    # rows whose nucleus the first, the second bound keeps, and rows that give up or gather
-    # too many: each draw as the reference's (the outcomes computed alongside, so that the
-    # rows keep covering every way when the depths change)
-    x = random_logits(np.random.default_rng(21), (4, 40000), np.float64, scale=3.0)
+    # rows whose nucleus the first, the second, the last bound keeps, and rows that give up or
+    # gather too many: each draw as the reference's. The outcomes are computed alongside in
+    # NumPy (a mirror of the kernel's rule, not a probe into it), so that the rows keep
+    # covering every way when the depths change.
+    rng = np.random.default_rng(21)
+    x = random_logits(rng, (5, 40000), np.float64, scale=3.0)
+    # a few top tokens, then a mass of tokens only the deepest bound reaches
+    x[4] = -60.0
+    x[4, :10] = 0.0
+    x[4, 10:18010] = -9.5 + rng.uniform(0.0, 0.1, 18000)
     outcomes = set()
     for temperature, top_p in [(0.8, 0.9), (0.8, 0.95), (0.6, 0.99), (1.0, 0.9), (3.0, 0.9)]:
         outcomes |= {top_p_bound_outcome(row, temperature, top_p) for row in x}
         assert_same_draws_as_the_reference(x, dict(temperature=temperature, top_p=top_p), 64)
-    assert outcomes >= set(sampling_kernels.TOP_P_DEPTHS[:2]) | {"give up", "too many"}
+    assert outcomes >= set(sampling_kernels.TOP_P_DEPTHS) | {"give up", "too many"}
 
 
 @pytest.mark.large

@@ -492,7 +492,7 @@ def mass_band(p, row, t, m, inv_t, params, buffer, kept_mass):
     (``p = exp((row - m) * inv_t)``) kept by top-p and then typical-p among those ``>= t``,
     the mass kept, and ``t_p`` the top-p threshold (``t`` without top-p). ``kept_mass``: the
     mass of the whole row's values ``>= t`` when ``p`` holds only candidates for top-p
-    (:func:`draw_nucleus`), or a negative number: the mass of ``p``'s own."""
+    (:func:`draw_gathered`), or a negative number: the mass of ``p``'s own."""
     one = cast_like(p, 1.0)
     above_all = key_value(order_key(one) + 1, p)
     if params[TOP_P] < 1.0:
@@ -521,14 +521,15 @@ def mass_band(p, row, t, m, inv_t, params, buffer, kept_mass):
 #   c; tau is the logit where p falls below c, a depth log(c) T below the maximum. That
 #   bound holds for any row, so it sits far below a usual nucleus (N(0, 3) logits of 128K
 #   tokens at T = 0.8: 13% of the tokens are above it, 0.5% in the nucleus); tau is first
-#   tried at fractions of that depth (TOP_P_DEPTHS), and a bound that leaves out too much
-#   mass (the candidates' mass falls short of top_p S) is deepened.
+#   tried at fractions of that depth (TOP_P_DEPTHS), and a try that fails the checks below
+#   (the candidates' mass falls short of top_p S, or the threshold lies too near tau) is
+#   deepened.
 # Exact: p = exp((x - m) / T) is non-decreasing in x up to the polynomial's error, so every
 # logit below tau has p <= p(tau) (1 + PRUNE_MARGIN); when the threshold found among the
 # candidates lies above that, no token outside them reaches it, and the kept set is the one
 # the whole row gives (min-p and top-n-sigma thresholds apply to the candidates as to the row).
-# Otherwise (ties or near-ties with tau, too many candidates, a top-k keeping nearly everything)
-# the row takes the scratch row's way.
+# Otherwise (ties or near-ties with tau, too many candidates, a top-k keeping nearly everything;
+# for top-p, when its deepest try fails or a try gives up) the row takes the scratch row's way.
 PRUNE_BLOCK = 128
 PRUNE_CANDIDATES = 1024     # top-k's candidates at most
 PRUNE_MIN_COLS = 4096       # shorter rows take the scratch row's way
@@ -654,8 +655,9 @@ def any_at_least(chunk, sel, tau):
 @building_block
 def gather_at_least(row, sel, maxima, tau, columns, values):
     """The selected values of ``row`` that are ``>= tau``, in column order, into ``values``
-    and their columns into ``columns``, reading only the blocks whose maximum reaches
-    ``tau``; their number, or -1 when they do not fit."""
+    and their columns into ``columns`` (``values`` at least as long), reading only the blocks
+    whose maximum reaches ``tau``; their number, or -1 when they do not fit. The places after
+    that number are left with whatever the branch-free stores wrote there."""
     n = 0
     for b in range(maxima.size):
         if not maxima[b] >= tau:
